@@ -1,0 +1,443 @@
+//! The boot sequence, top to bottom: a list of named steps, each timed and
+//! logged. A failing step that the system cannot boot without ends in
+//! [`crate::fatal::fatal`] (one line, then reboot); everything optional logs a
+//! warning, is recorded in the boot facts and the boot goes on.
+
+use crate::cmdline;
+use crate::config::InitConfig;
+use crate::fatal::{fatal, FatalPolicy};
+use crate::{logger, modules, switch_root};
+use anyhow::{bail, Context, Result};
+use immuboot_assess::{grubenv, resolve_target, BootState, BootTarget, Mode, GRUBENV_PATH};
+use immuboot_mount::exec::{execute, Outcome, Status};
+use immuboot_mount::layout::{self, Layout};
+use immuboot_mount::plan::{self, FstabEntry, PlanInputs};
+use immuboot_mount::probe::{self, BlockDevice};
+use immuboot_mount::syscall::{LinuxSyscall, Syscall};
+use immuboot_recovery::{policy, RECOVERY_MOUNT, STATE_MOUNT};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const SYSROOT: &str = "/sysroot";
+pub const FACTS_DIR: &str = "/run/immuboot";
+/// Modules the initramfs loads, one name a line (written by the image build).
+pub const MODULE_LIST: &str = "/etc/immuboot/modules";
+
+#[derive(Debug, Default, Serialize)]
+pub struct StepTiming {
+    pub name: String,
+    pub ms: u128,
+}
+
+/// What the init did, written to /run/immuboot/boot.json for userspace.
+#[derive(Debug, Default, Serialize)]
+pub struct BootFacts {
+    pub init_version: &'static str,
+    pub mode: Option<Mode>,
+    pub target: Option<BootTarget>,
+    pub image_partition: Option<String>,
+    pub image_device: Option<PathBuf>,
+    pub loop_device: Option<PathBuf>,
+    pub state_device: Option<PathBuf>,
+    pub state_mount: Option<String>,
+    pub oem_device: Option<PathBuf>,
+    pub persistent_device: Option<PathBuf>,
+    pub persistence: bool,
+    pub layout_source: String,
+    pub layout_errors: Vec<String>,
+    pub mounts: Vec<Outcome>,
+    pub warnings: Vec<String>,
+    pub steps: Vec<StepTiming>,
+    /// Kernel uptime when the init started and when it switched root.
+    pub uptime_start_s: f64,
+    pub uptime_switch_s: f64,
+}
+
+pub struct Boot {
+    facts: BootFacts,
+    fatal: FatalPolicy,
+    sys: LinuxSyscall,
+}
+
+fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+impl Boot {
+    fn step<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> T {
+        let start = Instant::now();
+        log::debug!("step '{name}' starts");
+        match f(self) {
+            Ok(v) => {
+                let ms = start.elapsed().as_millis();
+                log::info!("step '{name}' done in {ms} ms");
+                self.facts.steps.push(StepTiming { name: name.into(), ms });
+                v
+            }
+            Err(e) => fatal(name, &e, &self.fatal),
+        }
+    }
+
+    fn warn(&mut self, msg: String) {
+        log::warn!("{msg}");
+        self.facts.warnings.push(msg);
+    }
+}
+
+/// The whole boot. Never returns: it execs systemd or reboots.
+pub fn run() -> ! {
+    let mut b = Boot {
+        facts: BootFacts { init_version: env!("CARGO_PKG_VERSION"), uptime_start_s: uptime(), ..Default::default() },
+        fatal: FatalPolicy::default(),
+        sys: LinuxSyscall,
+    };
+    log::info!("immuboot init {} starting", env!("CARGO_PKG_VERSION"));
+
+    let cfg = b.step("read kernel command line", |_| {
+        Ok(InitConfig::from_cmdline(&cmdline::read().context("cannot read /proc/cmdline")?))
+    });
+    b.fatal = FatalPolicy { reboot_delay: cfg.reboot_delay, shell: cfg.shell_on_failure };
+    logger::set_debug(cfg.debug);
+    for w in cfg.warnings.clone() {
+        b.warn(format!("kernel command line: {w}"));
+    }
+
+    b.step("load kernel modules", |b| load_modules(b, &cfg));
+
+    if cfg.disabled {
+        boot_plain_root(&mut b, &cfg);
+    }
+
+    // The mode comes from the command line alone; the boot state only says
+    // which slot is active.
+    let mode = resolve_target(&cfg.request, &BootState::default()).mode;
+    let mode_policy = policy(mode);
+    b.facts.mode = Some(mode);
+    log::info!("{}", mode_policy.banner);
+    let image_label = cfg.image_partition_label(mode).to_string();
+    b.facts.image_partition = Some(image_label.clone());
+
+    let devices = b.step("find partitions", |b| find_partitions(b, &cfg, &image_label));
+    let find = |label: &str| probe::with_label(&devices, label).first().map(|d| (*d).clone());
+    let image_dev = find(&image_label);
+    let state_dev = if mode == Mode::Recovery { find(&cfg.labels.state) } else { image_dev.clone() };
+    b.facts.image_device = image_dev.as_ref().map(|d| d.path.clone());
+    b.facts.state_device = state_dev.as_ref().map(|d| d.path.clone());
+
+    let target = b.step("select image", |b| select_image(b, &cfg, state_dev.as_ref()));
+    log::info!(
+        "booting {} image {} (slot {})",
+        target.mode,
+        target.image,
+        target.slot.map(|s| s.as_str()).unwrap_or("-")
+    );
+    b.facts.target = Some(target.clone());
+
+    let root_entry = b.step("mount image", |b| {
+        let dev = image_dev.as_ref().with_context(|| format!("no partition labelled {image_label}"))?;
+        mount_image(b, dev, mode_policy.image_mount, &target)
+    });
+
+    let oem_entry = b.step("mount oem", |b| {
+        let oem = find(&cfg.labels.oem);
+        if oem.is_none() {
+            b.warn(format!(
+                "no partition labelled {}: /oem is an empty tmpfs and its contents will not survive a reboot",
+                cfg.labels.oem
+            ));
+        }
+        b.facts.oem_device = oem.as_ref().map(|d| d.path.clone());
+        let planned = plan::oem_mount(Path::new(SYSROOT), oem.as_ref().map(|d| d.path.as_path()), fstype(oem.as_ref()));
+        let outcomes = execute(&b.sys, std::slice::from_ref(&planned));
+        report(b, &outcomes);
+        Ok(planned.fstab.filter(|_| outcomes[0].status == Status::Mounted))
+    });
+
+    let layout = b.step("read layout", |b| Ok(read_layout(b)));
+
+    let mounted = b.step("mount layout", |b| {
+        let persistent = find(&cfg.labels.persistent);
+        if persistent.is_none() {
+            b.warn(format!(
+                "persistence unavailable: no partition labelled {}; /usr/local and the persistent paths \
+                 ({}) are on tmpfs and will be lost at reboot",
+                cfg.labels.persistent,
+                layout.persistent.join(", ")
+            ));
+        }
+        b.facts.persistent_device = persistent.as_ref().map(|d| d.path.clone());
+        let planned = plan::layout_mounts(&PlanInputs {
+            sysroot: Path::new(SYSROOT),
+            layout: &layout,
+            persistent_device: persistent.as_ref().map(|d| d.path.as_path()),
+            persistent_fstype: fstype(persistent.as_ref()),
+        });
+        let outcomes = execute(&b.sys, &planned);
+        report(b, &outcomes);
+        b.facts.persistence = persistent.is_some()
+            && outcomes.iter().any(|o| o.path == "/usr/local" && o.status == Status::Mounted);
+        let mounted: Vec<FstabEntry> = oem_entry
+            .into_iter()
+            .chain(planned
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.status == Status::Mounted)
+            .filter_map(|(p, _)| p.fstab.clone()))
+            .collect();
+        Ok(mounted)
+    });
+
+    b.step("write boot facts", |b| write_facts(b, &root_entry, &mounted));
+    b.facts.uptime_switch_s = uptime();
+    let init = cfg.init.clone();
+    b.step("switch root", |_| switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {}))
+}
+
+fn fstype(dev: Option<&BlockDevice>) -> &str {
+    dev.and_then(|d| d.fstype.as_deref()).unwrap_or("ext4")
+}
+
+fn load_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
+    let mut wanted: Vec<String> = std::fs::read_to_string(MODULE_LIST)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    wanted.extend(cfg.extra_modules.iter().cloned());
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let dir = modules::modules_dir()?;
+    let (loaded, errors) = modules::load(&dir, &wanted)?;
+    for e in errors {
+        b.warn(format!("kernel module: {e}"));
+    }
+    log::info!("loaded {loaded} kernel modules");
+    Ok(())
+}
+
+/// Waits for the partition holding the image, then takes one more look for
+/// the optional ones (they sit on the same disk, so they appear with it; no
+/// long wait penalises systems that lack them).
+fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec<BlockDevice>> {
+    let start = Instant::now();
+    let mut next_notice = Duration::from_secs(1);
+    let devices = loop {
+        let devices = probe::scan();
+        if !probe::with_label(&devices, required).is_empty() {
+            break devices;
+        }
+        let waited = start.elapsed();
+        if waited >= cfg.device_timeout {
+            let seen: Vec<String> = devices
+                .iter()
+                .map(|d| format!("{} ({})", d.path.display(), d.label.as_deref().unwrap_or("no label")))
+                .collect();
+            bail!(
+                "no partition labelled {required} after {} s; block devices seen: {} \
+                 (hint: is the disk driver in the initramfs? add immuboot.modules=DRIVER)",
+                cfg.device_timeout.as_secs(),
+                if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+            );
+        }
+        if waited >= next_notice {
+            log::info!(
+                "waiting for a partition labelled {required} ({} of {} s)",
+                waited.as_secs(),
+                cfg.device_timeout.as_secs()
+            );
+            next_notice += Duration::from_secs(5);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let optional = [&cfg.labels.oem, &cfg.labels.persistent, &cfg.labels.state];
+    let missing = |devs: &[BlockDevice]| optional.iter().any(|l| probe::with_label(devs, l).is_empty());
+    let devices = if missing(&devices) {
+        std::thread::sleep(Duration::from_millis(200));
+        probe::scan()
+    } else {
+        devices
+    };
+    for d in &devices {
+        if let Some(label) = &d.label {
+            let same = probe::with_label(&devices, label);
+            if same.len() > 1 && same[0].path == d.path {
+                b.warn(format!(
+                    "{} partitions are labelled {label}; using {}",
+                    same.len(),
+                    d.path.display()
+                ));
+            }
+        }
+        log::debug!("{} label={:?} type={:?}", d.path.display(), d.label, d.fstype);
+    }
+    let found: Vec<String> = devices
+        .iter()
+        .filter_map(|d| d.label.as_ref().map(|l| format!("{l}={}", d.path.display())))
+        .collect();
+    log::info!("partitions: {}", found.join(" "));
+    Ok(devices)
+}
+
+fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &str) -> Result<()> {
+    let at = Path::new(at);
+    sys.mkdir_all(at).with_context(|| format!("cannot create {}", at.display()))?;
+    sys.mount(
+        &dev.path.display().to_string(),
+        at,
+        dev.fstype.as_deref().unwrap_or("ext4"),
+        plan::MountFlags::RO,
+        "",
+    )
+    .with_context(|| format!("cannot mount {} read-only on {}", dev.path.display(), at.display()))
+}
+
+/// Mounts COS_STATE read-only and reads the boot state from it.
+fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>) -> Result<BootTarget> {
+    let mut state = BootState::default();
+    match state_dev {
+        Some(dev) => {
+            mount_ro(&b.sys, dev, STATE_MOUNT)?;
+            b.facts.state_mount = Some(STATE_MOUNT.into());
+            let env_path = Path::new(STATE_MOUNT).join(GRUBENV_PATH.trim_start_matches('/'));
+            match grubenv::read(&env_path) {
+                Ok(env) => {
+                    let (s, warnings) = BootState::from_env(&env);
+                    state = s;
+                    for w in warnings {
+                        b.warn(format!("boot state {}: {w}", env_path.display()));
+                    }
+                }
+                Err(e) => b.warn(format!("boot state: {e:#}; using defaults (slot a active)")),
+            }
+        }
+        None => b.warn(format!(
+            "no partition labelled {}: the boot state is unavailable in this boot",
+            cfg.labels.state
+        )),
+    }
+    Ok(resolve_target(&cfg.request, &state))
+}
+
+/// Checks the image file, attaches it to a loop device and mounts it
+/// read-only on /sysroot.
+fn mount_image(b: &mut Boot, dev: &BlockDevice, mount_at: &str, target: &BootTarget) -> Result<FstabEntry> {
+    if mount_at == RECOVERY_MOUNT {
+        mount_ro(&b.sys, dev, RECOVERY_MOUNT)?;
+    }
+    let image = Path::new(mount_at).join(target.image.trim_start_matches('/'));
+    let where_ = format!("{} on {} ({})", target.image, dev.label.as_deref().unwrap_or("?"), dev.path.display());
+    let meta = std::fs::metadata(&image).with_context(|| format!("image {where_} is missing"))?;
+    if !meta.is_file() || meta.len() < 4096 {
+        bail!("image {where_} is not a squashfs file ({} bytes)", meta.len());
+    }
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(&image)?, &mut magic)
+        .with_context(|| format!("cannot read image {where_}"))?;
+    if &magic != b"hsqs" {
+        bail!("image {where_} is not a squashfs (bad superblock magic {magic:02x?})");
+    }
+    let loop_dev = immuboot_mount::loopdev::attach_read_only(&image)?;
+    b.sys.mkdir_all(Path::new(SYSROOT))?;
+    b.sys
+        .mount(&loop_dev.display().to_string(), Path::new(SYSROOT), "squashfs", plan::MountFlags::RO, "")
+        .with_context(|| format!("cannot mount image {where_} from {}", loop_dev.display()))?;
+    log::info!("mounted {} ({}) read-only on {SYSROOT}", target.image, loop_dev.display());
+    b.facts.loop_device = Some(loop_dev.clone());
+    Ok(FstabEntry {
+        source: loop_dev.display().to_string(),
+        target: "/".into(),
+        fstype: "squashfs".into(),
+        options: "ro".into(),
+    })
+}
+
+/// The layout from /oem if valid, else the image's, else the built-in one;
+/// each rejected file is reported with the reason.
+fn read_layout(b: &mut Boot) -> Layout {
+    for path in [layout::OEM_LAYOUT_PATH, layout::IMAGE_LAYOUT_PATH] {
+        let full = Path::new(SYSROOT).join(path.trim_start_matches('/'));
+        if !full.exists() {
+            continue;
+        }
+        match layout::read(&full) {
+            Ok(l) => {
+                log::info!("layout from {path}: ephemeral {:?}, persistent {:?}", l.ephemeral, l.persistent);
+                b.facts.layout_source = path.into();
+                return l;
+            }
+            Err(e) => {
+                let msg = format!("{:#}", e).replace(&format!("{SYSROOT}/"), "/");
+                log::error!("{msg}; ignoring this file");
+                b.facts.layout_errors.push(msg.clone());
+                b.facts.warnings.push(msg);
+            }
+        }
+    }
+    b.facts.layout_source = "built-in".into();
+    log::info!("layout: built-in default");
+    Layout::default()
+}
+
+fn report(b: &mut Boot, outcomes: &[Outcome]) {
+    for o in outcomes {
+        match &o.status {
+            Status::Mounted => log::debug!("{}: mounted", o.path),
+            Status::FellBack { reason } => b.warn(format!("{}: {reason}; using tmpfs instead", o.path)),
+            Status::Failed { reason } => b.warn(format!("{} unavailable: {reason}", o.path)),
+        }
+    }
+    b.facts.mounts.extend(outcomes.iter().cloned());
+}
+
+fn write_facts(b: &mut Boot, root: &FstabEntry, mounted: &[FstabEntry]) -> Result<()> {
+    let fstab = Path::new(SYSROOT).join("etc/fstab");
+    let refs: Vec<&FstabEntry> = mounted.iter().collect();
+    std::fs::write(&fstab, plan::render_fstab(root, &refs))
+        .with_context(|| format!("cannot write {}", fstab.display()))?;
+    std::fs::create_dir_all(FACTS_DIR)?;
+    b.facts.uptime_switch_s = uptime();
+    let json = serde_json::to_string_pretty(&b.facts)?;
+    std::fs::write(Path::new(FACTS_DIR).join("boot.json"), json + "\n")?;
+    let t = b.facts.target.as_ref();
+    let env = format!(
+        "IMMUBOOT_MODE={}\nIMMUBOOT_SLOT={}\nIMMUBOOT_IMAGE={}\nIMMUBOOT_PERSISTENCE={}\n",
+        b.facts.mode.map(|m| m.as_str()).unwrap_or(""),
+        t.and_then(|t| t.slot).map(|s| s.as_str()).unwrap_or(""),
+        t.map(|t| t.image.as_str()).unwrap_or(""),
+        if b.facts.persistence { "yes" } else { "no" },
+    );
+    std::fs::write(Path::new(FACTS_DIR).join("env"), env)?;
+    Ok(())
+}
+
+/// `rd.cos.disable`: no immutable layout, boot `root=` as it is.
+fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
+    let spec = cfg.root_spec.clone().unwrap_or_default();
+    let dev = b.step("find root", |b| {
+        if let Some(label) = spec.strip_prefix("LABEL=") {
+            let devices = find_partitions(b, cfg, label)?;
+            let found = probe::with_label(&devices, label);
+            Ok(found[0].clone())
+        } else if spec.starts_with("/dev/") {
+            probe::probe(Path::new(&spec)).with_context(|| format!("root={spec}: no file system found"))
+        } else {
+            bail!("rd.cos.disable needs root=LABEL=... or root=/dev/...; got root={spec:?}")
+        }
+    });
+    b.step("mount root", |b| {
+        let flags = if cfg.root_read_write { plan::MountFlags::RW } else { plan::MountFlags::RO };
+        b.sys.mkdir_all(Path::new(SYSROOT))?;
+        b.sys
+            .mount(&dev.path.display().to_string(), Path::new(SYSROOT), fstype(Some(&dev)), flags, "")
+            .with_context(|| format!("cannot mount {}", dev.path.display()))
+    });
+    let init = cfg.init.clone();
+    b.step("switch root", |_| switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {}))
+}

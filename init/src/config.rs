@@ -1,0 +1,206 @@
+//! What the kernel command line asks of the init: immuboot's own
+//! `immuboot.*` parameters, plus the cOS/Elemental forms so that existing
+//! GRUB entries keep working.
+//!
+//! | parameter | meaning |
+//! |---|---|
+//! | `immuboot.mode=active\|passive\|recovery` | which image to boot |
+//! | `immuboot.slot=a\|b` | slot of an active/passive boot (default: from the boot state) |
+//! | `immuboot.image=PATH`, `cos-img/filename=PATH` | image path on its partition |
+//! | `root=LABEL=X` | label of the partition holding the image (cOS form) |
+//! | `immuboot.state_label=`, `.recovery_label=`, `.oem_label=`, `.persistent_label=`, `rd.cos.oemlabel=` | partition labels |
+//! | `immuboot.timeout=SECONDS` | how long to wait for the image partition (default 30) |
+//! | `immuboot.modules=a,b`, `rd.driver.pre=a,b` | extra kernel modules to load |
+//! | `immuboot.disable`, `rd.cos.disable` | no immutable layout: mount `root=` and boot it |
+//! | `immuboot.shell` | on a fatal error, start a shell before rebooting |
+//! | `immuboot.reboot_delay=SECONDS` | pause before a reboot after a fatal error (default 10) |
+//! | `immuboot.debug`, `rd.immuboot.debug` | log debug details |
+//! | `init=PATH` | program to run in the new root (default /sbin/init) |
+
+use crate::cmdline::Cmdline;
+use immuboot_assess::{BootRequest, Mode};
+use immuboot_mount::labels::Labels;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitConfig {
+    pub request: BootRequest,
+    pub labels: Labels,
+    /// Label of the partition that holds the image, when `root=LABEL=` names it.
+    pub image_label: Option<String>,
+    /// `rd.cos.disable`: boot `root=` as a plain root file system.
+    pub disabled: bool,
+    pub root_spec: Option<String>,
+    pub root_read_write: bool,
+    pub device_timeout: Duration,
+    pub extra_modules: Vec<String>,
+    pub shell_on_failure: bool,
+    pub reboot_delay: Duration,
+    pub debug: bool,
+    pub init: String,
+    /// Problems with parameters; the boot goes on with defaults.
+    pub warnings: Vec<String>,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig {
+            request: BootRequest::default(),
+            labels: Labels::default(),
+            image_label: None,
+            disabled: false,
+            root_spec: None,
+            root_read_write: false,
+            device_timeout: Duration::from_secs(30),
+            extra_modules: Vec::new(),
+            shell_on_failure: false,
+            reboot_delay: Duration::from_secs(10),
+            debug: false,
+            init: "/sbin/init".into(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+fn seconds(c: &Cmdline, name: &str, default: Duration, warnings: &mut Vec<String>) -> Duration {
+    match c.value(name) {
+        None => default,
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) => Duration::from_secs(s),
+            Err(_) => {
+                warnings.push(format!("{name}={v}: not a number of seconds; using {}", default.as_secs()));
+                default
+            }
+        },
+    }
+}
+
+impl InitConfig {
+    pub fn from_cmdline(c: &Cmdline) -> InitConfig {
+        let mut cfg = InitConfig::default();
+        let w = &mut cfg.warnings;
+
+        if let Some(v) = c.value("immuboot.mode") {
+            match v.parse::<Mode>() {
+                Ok(m) => cfg.request.mode = Some(m),
+                Err(e) => w.push(format!("immuboot.mode: {e:#}; choosing from the boot state")),
+            }
+        }
+        if let Some(v) = c.value("immuboot.slot") {
+            match v.parse() {
+                Ok(s) => cfg.request.slot = Some(s),
+                Err(e) => w.push(format!("immuboot.slot: {e:#}; choosing from the boot state")),
+            }
+        }
+        cfg.request.image = c
+            .value("immuboot.image")
+            .or_else(|| c.value("cos-img/filename"))
+            .filter(|v| !v.is_empty())
+            .map(|v| if v.starts_with('/') { v.to_string() } else { format!("/{v}") });
+
+        let label = |names: &[&str], default: &str| {
+            names
+                .iter()
+                .find_map(|n| c.value(n).filter(|v| !v.is_empty()))
+                .unwrap_or(default)
+                .to_string()
+        };
+        cfg.labels.state = label(&["immuboot.state_label"], &cfg.labels.state);
+        cfg.labels.recovery = label(&["immuboot.recovery_label"], &cfg.labels.recovery);
+        cfg.labels.oem = label(&["immuboot.oem_label", "rd.cos.oemlabel"], &cfg.labels.oem);
+        cfg.labels.persistent = label(&["immuboot.persistent_label"], &cfg.labels.persistent);
+
+        cfg.root_spec = c.value("root").map(str::to_string);
+        if let Some(label) = cfg.root_spec.as_deref().and_then(|r| r.strip_prefix("LABEL=")) {
+            cfg.image_label = Some(label.to_string());
+            if cfg.request.mode.is_none() && label == cfg.labels.recovery {
+                cfg.request.mode = Some(Mode::Recovery);
+            }
+        }
+        cfg.disabled = c.flag("immuboot.disable") || c.flag("rd.cos.disable");
+        cfg.root_read_write = c.flag("rw") && !c.flag("ro");
+        cfg.device_timeout = seconds(c, "immuboot.timeout", cfg.device_timeout, w);
+        cfg.reboot_delay = seconds(c, "immuboot.reboot_delay", cfg.reboot_delay, w);
+        for name in ["rd.driver.pre", "immuboot.modules"] {
+            if let Some(v) = c.value(name) {
+                cfg.extra_modules.extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+            }
+        }
+        cfg.shell_on_failure = c.flag("immuboot.shell");
+        cfg.debug = c.flag("immuboot.debug") || c.flag("rd.immuboot.debug");
+        if let Some(init) = c.value("init").filter(|v| v.starts_with('/')) {
+            cfg.init = init.to_string();
+        }
+        cfg
+    }
+
+    /// Label of the partition that holds the image for `mode`.
+    pub fn image_partition_label(&self, mode: Mode) -> &str {
+        if let Some(label) = &self.image_label {
+            return label;
+        }
+        match mode {
+            Mode::Recovery => &self.labels.recovery,
+            _ => &self.labels.state,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use immuboot_assess::Slot;
+
+    fn cfg(line: &str) -> InitConfig {
+        InitConfig::from_cmdline(&Cmdline::parse(line))
+    }
+
+    #[test]
+    fn immuboot_parameters() {
+        let c = cfg("immuboot.mode=passive immuboot.slot=b immuboot.timeout=5 immuboot.modules=nvme,ahci immuboot.shell");
+        assert_eq!(c.request.mode, Some(Mode::Passive));
+        assert_eq!(c.request.slot, Some(Slot::B));
+        assert_eq!(c.device_timeout, Duration::from_secs(5));
+        assert_eq!(c.extra_modules, ["nvme", "ahci"]);
+        assert!(c.shell_on_failure);
+        assert!(c.warnings.is_empty());
+        assert_eq!(c.image_partition_label(Mode::Passive), "COS_STATE");
+    }
+
+    #[test]
+    fn cos_forms() {
+        let c = cfg("root=LABEL=COS_RECOVERY cos-img/filename=/cOS/recovery.img rd.cos.oemlabel=MY_OEM");
+        assert_eq!(c.request.mode, Some(Mode::Recovery));
+        assert_eq!(c.request.image.as_deref(), Some("/cOS/recovery.img"));
+        assert_eq!(c.labels.oem, "MY_OEM");
+        assert_eq!(c.image_partition_label(Mode::Recovery), "COS_RECOVERY");
+        let c = cfg("root=LABEL=OTHER cos-img/filename=cOS/active.img");
+        assert_eq!(c.image_partition_label(Mode::Active), "OTHER");
+        assert_eq!(c.request.image.as_deref(), Some("/cOS/active.img"));
+    }
+
+    #[test]
+    fn disable_and_root() {
+        let c = cfg("root=/dev/vda2 rw rd.cos.disable");
+        assert!(c.disabled);
+        assert!(c.root_read_write);
+        assert_eq!(c.root_spec.as_deref(), Some("/dev/vda2"));
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_defaults() {
+        let c = cfg("immuboot.mode=sideways immuboot.slot=c immuboot.timeout=soon");
+        assert_eq!(c.request.mode, None);
+        assert_eq!(c.request.slot, None);
+        assert_eq!(c.device_timeout, Duration::from_secs(30));
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn label_overrides_and_init() {
+        let c = cfg("immuboot.state_label=S immuboot.persistent_label=P init=/usr/lib/systemd/systemd");
+        assert_eq!(c.labels.state, "S");
+        assert_eq!(c.labels.persistent, "P");
+        assert_eq!(c.init, "/usr/lib/systemd/systemd");
+    }
+}

@@ -1,0 +1,82 @@
+//! The one way the init stops: say what failed in one line, then reboot so
+//! the boot loader's fallback can act. PID 1 never exits.
+
+use std::time::Duration;
+
+/// Settings the fatal path needs, known before the command line is parsed.
+#[derive(Debug, Clone)]
+pub struct FatalPolicy {
+    pub reboot_delay: Duration,
+    pub shell: bool,
+}
+
+impl Default for FatalPolicy {
+    fn default() -> Self {
+        FatalPolicy { reboot_delay: Duration::from_secs(10), shell: false }
+    }
+}
+
+/// The line a person sees on the console.
+pub fn fatal_line(step: &str, error: &str, delay: Duration) -> String {
+    format!(
+        "FATAL in step '{step}': {error} -- rebooting in {} s so the boot loader can fall back \
+         (add immuboot.shell to the kernel command line for a shell, immuboot.debug for details)",
+        delay.as_secs()
+    )
+}
+
+pub fn fatal(step: &str, error: &anyhow::Error, policy: &FatalPolicy) -> ! {
+    log::error!("{}", fatal_line(step, &format!("{error:#}"), policy.reboot_delay));
+    if policy.shell {
+        emergency_shell();
+    }
+    reboot_after(policy.reboot_delay)
+}
+
+/// Runs a shell if one exists (the initramfs has none by default; the new
+/// root's shell is used when the root is mounted already).
+fn emergency_shell() {
+    use std::process::Command;
+    for (root, shell) in [("/", "/bin/sh"), ("/sysroot", "/bin/sh")] {
+        let full = std::path::Path::new(root).join(shell.trim_start_matches('/'));
+        if !full.exists() {
+            continue;
+        }
+        log::error!("starting an emergency shell ({}); exit it to reboot", full.display());
+        let status = if root == "/" {
+            Command::new(shell).status()
+        } else {
+            Command::new("/usr/sbin/chroot").arg(root).arg(shell).status().or_else(|_| {
+                // No chroot binary in the initramfs: use the root's own.
+                Command::new(std::path::Path::new(root).join("usr/sbin/chroot")).arg(root).arg(shell).status()
+            })
+        };
+        if status.is_ok() {
+            return;
+        }
+    }
+    log::error!("no shell available in the initramfs or the new root");
+}
+
+pub fn reboot_after(delay: Duration) -> ! {
+    std::thread::sleep(delay);
+    rustix::fs::sync();
+    let err = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    log::error!("reboot failed: {err:?}; halting here");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_names_step_error_and_delay() {
+        let l = fatal_line("mount image", "image /cOS/a.img not found", Duration::from_secs(10));
+        assert!(l.starts_with("FATAL in step 'mount image': image /cOS/a.img not found"));
+        assert!(l.contains("rebooting in 10 s"));
+        assert!(!l.contains('\n'));
+    }
+}

@@ -1,0 +1,85 @@
+//! `log` backend writing to /dev/kmsg, so the init's lines appear on the
+//! console (as the kernel's console log level allows) and, after the switch
+//! to systemd, in the journal. Each line is prefixed `immuboot:`. Until /dev
+//! is mounted, lines go to standard error (the console).
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+
+pub struct KmsgLogger {
+    kmsg: Mutex<Option<File>>,
+}
+
+static LOGGER: KmsgLogger = KmsgLogger { kmsg: Mutex::new(None) };
+
+/// Syslog priority used in the kmsg record.
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// One kmsg record: `<prio>immuboot: message`, on one line.
+pub fn format_record(level: Level, message: &str) -> String {
+    format!("<{}>immuboot: {}\n", priority(level), message.replace('\n', " | "))
+}
+
+pub fn install() {
+    // Only fails if a logger is set already, which then keeps working.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(LevelFilter::Info);
+}
+
+/// Opens /dev/kmsg once /dev is mounted.
+pub fn attach_kmsg() {
+    if let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        if let Ok(mut guard) = LOGGER.kmsg.lock() {
+            *guard = Some(f);
+        }
+    }
+}
+
+pub fn set_debug(debug: bool) {
+    log::set_max_level(if debug { LevelFilter::Debug } else { LevelFilter::Info });
+}
+
+impl Log for KmsgLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_record(record.level(), &record.args().to_string());
+        let mut guard = match self.kmsg.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let written = guard.as_mut().map(|f| f.write_all(line.as_bytes()).is_ok()).unwrap_or(false);
+        if !written {
+            // Strip the priority prefix for a human reading the console.
+            let plain = line.split_once('>').map(|(_, rest)| rest).unwrap_or(&line);
+            let _ = std::io::stderr().write_all(plain.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_prefixed_single_lines() {
+        assert_eq!(format_record(Level::Error, "bad\nthing"), "<3>immuboot: bad | thing\n");
+        assert_eq!(format_record(Level::Info, "ok"), "<6>immuboot: ok\n");
+    }
+}

@@ -1,0 +1,28 @@
+//! The only unsafe code of the mount crate: loop device ioctls, which have no
+//! safe wrapper in rustix or nix.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+// From <linux/loop.h>.
+const LOOP_SET_FD: u32 = 0x4C00;
+const LOOP_CTL_GET_FREE: u32 = 0x4C82;
+
+nix::ioctl_none_bad!(loop_ctl_get_free_raw, LOOP_CTL_GET_FREE);
+nix::ioctl_write_int_bad!(loop_set_fd_raw, LOOP_SET_FD);
+
+/// Asks /dev/loop-control for the number of a free loop device.
+pub fn loop_ctl_get_free(control: BorrowedFd<'_>) -> nix::Result<u32> {
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number;
+    // the fd is a valid open descriptor borrowed for the call.
+    let n = unsafe { loop_ctl_get_free_raw(control.as_raw_fd())? };
+    Ok(n as u32)
+}
+
+/// Attaches `backing` to the loop device `loop_dev`.
+pub fn loop_set_fd(loop_dev: BorrowedFd<'_>, backing: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: LOOP_SET_FD takes the backing file descriptor as an integer
+    // argument; both descriptors are valid and borrowed for the call. The
+    // kernel takes its own reference to the backing file.
+    unsafe { loop_set_fd_raw(loop_dev.as_raw_fd(), backing.as_raw_fd())? };
+    Ok(())
+}

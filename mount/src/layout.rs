@@ -1,0 +1,206 @@
+//! The layout file: which paths of the read-only image are writable, and
+//! whether their changes survive a reboot.
+//!
+//! ```yaml
+//! ephemeral:            # overlays on tmpfs: changes are lost at reboot
+//!   - /var
+//! persistent:           # bind mounts backed by COS_PERSISTENT
+//!   - /root
+//!   - /var/log
+//! ephemeral_size: 25%   # size of the tmpfs that holds ephemeral changes
+//! ```
+//!
+//! Built in and not configurable: `/` and `/usr` read-only, `/etc` ephemeral,
+//! `/usr/local` on COS_PERSISTENT, `/oem` on COS_OEM.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where the image ships its layout.
+pub const IMAGE_LAYOUT_PATH: &str = "/etc/immuboot/layout.yaml";
+/// Where an operator overrides it (on COS_OEM, mounted at /oem).
+pub const OEM_LAYOUT_PATH: &str = "/oem/immuboot/layout.yaml";
+
+/// Paths that are ephemeral whatever the layout says.
+pub const BUILTIN_EPHEMERAL: &[&str] = &["/etc"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    #[serde(default)]
+    pub ephemeral: Vec<String>,
+    #[serde(default)]
+    pub persistent: Vec<String>,
+    #[serde(default = "default_ephemeral_size")]
+    pub ephemeral_size: String,
+}
+
+fn default_ephemeral_size() -> String {
+    "25%".into()
+}
+
+impl Default for Layout {
+    /// Used when neither the image nor /oem has a valid layout file: enough
+    /// for a Debian/systemd root to boot on a read-only image.
+    fn default() -> Self {
+        Layout {
+            ephemeral: vec!["/var".into(), "/srv".into(), "/tmp".into()],
+            persistent: vec!["/root".into()],
+            ephemeral_size: default_ephemeral_size(),
+        }
+    }
+}
+
+impl Layout {
+    /// Parses and validates a layout file's text.
+    pub fn parse(text: &str) -> Result<Layout> {
+        let layout: Layout = serde_yaml_ng::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (kind, path) in self
+            .ephemeral
+            .iter()
+            .map(|p| ("ephemeral", p))
+            .chain(self.persistent.iter().map(|p| ("persistent", p)))
+        {
+            check_path(path).with_context(|| format!("{kind} path {path:?}"))?;
+            if kind == "ephemeral" && is_within(path, "/etc") {
+                bail!("ephemeral path {path:?}: /etc is always ephemeral");
+            }
+            if seen.contains(&path.as_str()) {
+                bail!("{path:?} is listed twice (a path is either ephemeral or persistent, once)");
+            }
+            seen.push(path);
+        }
+        let size = self.ephemeral_size.trim_end_matches('%');
+        let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "ephemeral_size {:?}: expected a tmpfs size such as 25% or 512M",
+                self.ephemeral_size
+            );
+        }
+        Ok(())
+    }
+}
+
+fn is_within(path: &str, dir: &str) -> bool {
+    path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn check_path(path: &str) -> Result<()> {
+    if !path.starts_with('/') {
+        bail!("must be absolute");
+    }
+    if path == "/" {
+        bail!("the root stays read-only; list the directories that must be writable");
+    }
+    if path.ends_with('/') || path.contains("//") {
+        bail!("write it without trailing or doubled slashes");
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        bail!("must not contain . or ..");
+    }
+    if path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',') {
+        bail!("must not contain white space, control characters or commas");
+    }
+    for reserved in ["/proc", "/sys", "/dev", "/run"] {
+        if is_within(path, reserved) {
+            bail!("{reserved} is an API file system set up by the init and systemd");
+        }
+    }
+    if is_within(path, "/usr/local") {
+        bail!("/usr/local is already persistent (COS_PERSISTENT)");
+    }
+    if is_within(path, "/usr") {
+        bail!("/usr is part of the read-only image");
+    }
+    if is_within(path, "/oem") {
+        bail!("/oem is already persistent (COS_OEM)");
+    }
+    Ok(())
+}
+
+/// Reads and validates a layout file.
+pub fn read(path: &Path) -> Result<Layout> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read layout file {}", path.display()))?;
+    Layout::parse(&text).with_context(|| format!("invalid layout file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_layout() {
+        let l = Layout::parse(
+            "ephemeral: [/var, /srv]\npersistent:\n  - /root\n  - /var/log\nephemeral_size: 512M\n",
+        )
+        .unwrap();
+        assert_eq!(l.ephemeral, ["/var", "/srv"]);
+        assert_eq!(l.persistent, ["/root", "/var/log"]);
+        assert_eq!(l.ephemeral_size, "512M");
+    }
+
+    #[test]
+    fn missing_lists_are_empty() {
+        let l = Layout::parse("persistent: [/home]").unwrap();
+        assert!(l.ephemeral.is_empty());
+        assert_eq!(l.ephemeral_size, "25%");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_position() {
+        let err = Layout::parse("ephemeral: [/var\npersistent: /root\n").unwrap_err().to_string();
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Layout::parse("persistant: [/root]").unwrap_err().to_string();
+        assert!(err.contains("persistant"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for (yaml, needle) in [
+            ("persistent: [root]", "absolute"),
+            ("persistent: [/]", "read-only"),
+            ("persistent: [/var/../etc]", ".."),
+            ("persistent: [/var/]", "trailing"),
+            ("ephemeral: [/proc/x]", "API"),
+            ("persistent: [/usr/local/bin]", "already persistent"),
+            ("persistent: [/usr/lib]", "read-only image"),
+            ("ephemeral: [/etc/ssh]", "always ephemeral"),
+            ("persistent: [/oem/x]", "COS_OEM"),
+            ("ephemeral: [/var]\npersistent: [/var]", "twice"),
+            ("persistent: ['/a b']", "white space"),
+            ("ephemeral_size: lots", "tmpfs size"),
+        ] {
+            let err = format!("{:#}", Layout::parse(yaml).unwrap_err());
+            assert!(err.contains(needle), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn persistent_etc_subpaths_are_allowed() {
+        Layout::parse("persistent: [/etc/ssh]").unwrap();
+    }
+
+    #[test]
+    fn default_layout_is_valid() {
+        Layout::default().validate().unwrap();
+    }
+
+    #[test]
+    fn read_names_the_file() {
+        let err = format!("{:#}", read(Path::new("/nonexistent/layout.yaml")).unwrap_err());
+        assert!(err.contains("/nonexistent/layout.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Partition discovery, the mount layout plan and its execution.
+
+pub mod copy;
+pub mod exec;
+pub mod labels;
+pub mod layout;
+pub mod loopdev;
+pub mod plan;
+pub mod probe;
+pub mod syscall;
+
+mod ffi;

@@ -1,0 +1,60 @@
+//! Recovery mode: what the init does differently when it boots the recovery
+//! image, kept in one place so the policy is easy to read and test.
+//!
+//! Recovery boots the image on COS_RECOVERY. The system's own slots and its
+//! boot state stay on COS_STATE, which is mounted read-only (the `immuboot`
+//! tool remounts it to change the boot state or rewrite a slot). COS_OEM and
+//! COS_PERSISTENT are mounted as in a normal boot, so data can be rescued.
+
+use immuboot_assess::Mode;
+
+/// Where the init mounts the partition holding the image, and COS_STATE.
+pub const STATE_MOUNT: &str = "/run/initramfs/cos-state";
+pub const RECOVERY_MOUNT: &str = "/run/initramfs/cos-recovery";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModePolicy {
+    /// Mount point of the partition that holds the image.
+    pub image_mount: &'static str,
+    /// Whether COS_STATE is needed to boot (false: mounted when present).
+    pub state_required: bool,
+    /// A line for the console and the journal describing the mode.
+    pub banner: &'static str,
+}
+
+pub fn policy(mode: Mode) -> ModePolicy {
+    match mode {
+        Mode::Recovery => ModePolicy {
+            image_mount: RECOVERY_MOUNT,
+            state_required: false,
+            banner: "recovery mode: booting the recovery image; the system's slots and boot state \
+                     are on COS_STATE (read-only at /run/initramfs/cos-state)",
+        },
+        Mode::Active => ModePolicy {
+            image_mount: STATE_MOUNT,
+            state_required: true,
+            banner: "booting the active image",
+        },
+        Mode::Passive => ModePolicy {
+            image_mount: STATE_MOUNT,
+            state_required: true,
+            banner: "booting the passive (fallback) image",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_boots_from_its_own_partition_and_does_not_need_state() {
+        let p = policy(Mode::Recovery);
+        assert_eq!(p.image_mount, RECOVERY_MOUNT);
+        assert!(!p.state_required);
+        for m in [Mode::Active, Mode::Passive] {
+            assert_eq!(policy(m).image_mount, STATE_MOUNT);
+            assert!(policy(m).state_required);
+        }
+    }
+}
