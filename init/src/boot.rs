@@ -6,7 +6,8 @@
 use crate::cmdline;
 use crate::config::InitConfig;
 use crate::fatal::{fatal, FatalPolicy};
-use crate::{logger, modules, switch_root};
+use crate::{logger, switch_root};
+use immuboot_kmod as modules;
 use anyhow::{bail, Context, Result};
 use immuboot_assess::{grubenv, resolve_target, BootState, BootTarget, Mode, GRUBENV_PATH};
 use immuboot_mount::exec::{execute, Outcome, Status};

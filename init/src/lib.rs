@@ -5,7 +5,6 @@ pub mod cmdline;
 pub mod config;
 pub mod fatal;
 pub mod logger;
-pub mod modules;
 pub mod switch_root;
 
 /// Mounts /proc, /sys, /dev and /run in the initramfs. Runs before logging

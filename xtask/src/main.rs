@@ -1,1 +1,206 @@
-fn main(){}
+//! `cargo xtask`: build the static init, the initramfs, the demo OS images and
+//! the disk; boot it in QEMU; run every test.
+
+mod disk;
+mod host;
+mod image;
+mod initramfs;
+mod rootfs;
+mod util;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use disk::{Content, Manifest, PartSpec};
+use immuboot_assess::{grubenv::GrubEnv, BootState};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use util::{out_dir, run, step, workspace_root, Stamp};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "immuboot build tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the demo disk (target/immuboot/disk.img); only what changed is rebuilt.
+    Build,
+    /// Build what is missing and boot the demo disk in QEMU on this terminal
+    /// (log in as root, password immuboot; quit with Ctrl-A X). Changes in
+    /// the VM persist in target/immuboot/run/ until the disk is rebuilt.
+    Run {
+        /// Start from a fresh copy of the built disk.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Run every test: unit tests, then real boots of the demo disk in QEMU.
+    Test {
+        /// Only the unit tests.
+        #[arg(long)]
+        unit: bool,
+        /// Only QEMU scenarios whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Install the host packages the build needs (apt-get, as root).
+    Deps,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build => build_all().map(|_| ()),
+        Cmd::Run { fresh } => run_vm(fresh),
+        Cmd::Test { unit, filter } => test(unit, filter),
+        Cmd::Deps => host::ensure(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The init and the CLI, statically linked (glibc with crt-static, libblkid.a).
+fn build_static() -> Result<(PathBuf, PathBuf)> {
+    run(cargo()
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", TARGET, "-p", "immuboot-init", "-p", "immuboot"]))?;
+    let dir = workspace_root().join("target").join(TARGET).join("release");
+    Ok((dir.join("immuboot-init"), dir.join("immuboot")))
+}
+
+fn link_into(src: &Path, dst: &Path) -> Result<()> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let _ = fs::remove_file(dst);
+    fs::hard_link(src, dst).or_else(|_| fs::copy(src, dst).map(|_| ()))?;
+    Ok(())
+}
+
+fn build_all() -> Result<Manifest> {
+    step("host tools", host::ensure)?;
+    if !util::is_root() {
+        bail!("building the demo image needs root (mmdebstrap, file ownership in the root file system)");
+    }
+    let (init, cli) = step("static init and CLI", build_static)?;
+    let tar = step("Debian root file system (mmdebstrap, cached)", rootfs::tarball)?;
+    let images = step("OS images (squashfs, xz)", || image::build(&tar, &init, &cli))?;
+    let out = out_dir();
+    let efi = out.join("BOOTX64.EFI");
+    step("GRUB EFI binary", || image::grub_efi(&efi))?;
+
+    step("disk image", || {
+        let parts = out.join("parts");
+        if parts.exists() {
+            fs::remove_dir_all(&parts)?;
+        }
+        let grub_cfg = workspace_root().join("image/grub/grub.cfg");
+        let state = parts.join("state");
+        let recovery = parts.join("recovery");
+        for v in image::VARIANTS {
+            let dst = if v.variant == "recovery" { &recovery } else { &state };
+            link_into(&images.dir.join(v.file), &dst.join("cOS").join(v.file))?;
+        }
+        fs::create_dir_all(state.join("grub"))?;
+        fs::copy(&grub_cfg, state.join("grub/grub.cfg"))?;
+        let mut env = GrubEnv::new();
+        BootState::default().store(&mut env)?;
+        fs::write(state.join("grub/grubenv"), env.to_block()?)?;
+        fs::create_dir_all(parts.join("oem/immuboot"))?;
+        fs::create_dir_all(parts.join("persistent"))?;
+
+        let img_size = |f: &str| fs::metadata(images.dir.join(f)).map(|m| m.len());
+        let slot = img_size("a.img")?.max(img_size("b.img")?);
+        let specs = vec![
+            PartSpec { label: "COS_GRUB", type_code: "ef00", size_mib: 64, content: Content::Fat(vec![(efi.clone(), "/EFI/BOOT/BOOTX64.EFI".into())]) },
+            PartSpec { label: "COS_OEM", type_code: "8300", size_mib: 64, content: Content::Ext4(parts.join("oem")) },
+            PartSpec { label: "COS_RECOVERY", type_code: "8300", size_mib: disk::mib_for(img_size("recovery.img")?, 64), content: Content::Ext4(recovery.clone()) },
+            // Two slots plus room for the temporary file of an upgrade.
+            PartSpec { label: "COS_STATE", type_code: "8300", size_mib: disk::mib_for(3 * slot, 64), content: Content::Ext4(state.clone()) },
+            PartSpec { label: "COS_PERSISTENT", type_code: "8300", size_mib: 512, content: Content::Ext4(parts.join("persistent")) },
+        ];
+        let stamp = Stamp::default()
+            .file(&images.dir.join("a.img.stamp"))?
+            .file(&grub_cfg)?
+            .file(&efi)?
+            .file(&workspace_root().join("xtask/src/disk.rs"))?
+            .file(&workspace_root().join("xtask/src/main.rs"))?;
+        let manifest = disk::build(&specs, &out.join("work"), &out.join("disk.img"), &stamp, images.initramfs_bytes)?;
+        fs::write(out.join("disk.json"), serde_json::to_string_pretty(&manifest)?)?;
+        fs::remove_dir_all(&parts)?;
+        Ok(manifest)
+    })
+}
+
+fn run_vm(fresh: bool) -> Result<()> {
+    let manifest = build_all()?;
+    let dir = out_dir().join("run");
+    fs::create_dir_all(&dir)?;
+    let overlay = dir.join("disk.qcow2");
+    let vars = dir.join("OVMF_VARS.fd");
+    let stale = match (fs::metadata(&overlay), fs::metadata(&manifest.disk)) {
+        (Ok(o), Ok(d)) => d.modified()? > o.modified()?,
+        _ => true,
+    };
+    if fresh || stale {
+        let _ = fs::remove_file(&overlay);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&manifest.disk)
+            .arg(&overlay))?;
+        fs::copy(immuboot_qemu_tests::OVMF_VARS, &vars)?;
+    }
+    eprintln!("==> booting {} in QEMU (TCG): log in as root, password immuboot; quit with Ctrl-A X", overlay.display());
+    use std::os::unix::process::CommandExt;
+    let err = Command::new("qemu-system-x86_64")
+        .args(immuboot_qemu_tests::qemu_args(&overlay, "qcow2", &vars, true))
+        .exec();
+    Err(err).context("cannot run qemu-system-x86_64")
+}
+
+fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
+    step("host tools", host::ensure)?;
+    step("unit tests", || run(cargo().current_dir(workspace_root()).args(["test", "--workspace"])))?;
+    if unit_only {
+        return Ok(());
+    }
+    build_all()?;
+    let results = out_dir().join("results");
+    if results.exists() {
+        fs::remove_dir_all(&results)?;
+    }
+    let mut cmd = cargo();
+    cmd.current_dir(workspace_root())
+        .args(["test", "-p", "immuboot-qemu-tests", "--test", "scenarios", "--"])
+        .args(["--ignored", "--test-threads=2"]);
+    if let Some(f) = &filter {
+        cmd.arg(f);
+    }
+    let outcome = step("QEMU scenarios (real boots, two VMs at a time)", || run(&mut cmd));
+    print_results(&results);
+    outcome
+}
+
+/// Prints the figures the scenarios recorded (timings, sizes).
+fn print_results(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    eprintln!("==> measured");
+    for f in files {
+        if let Ok(text) = fs::read_to_string(&f) {
+            eprintln!("    {}: {}", f.file_stem().unwrap_or_default().to_string_lossy(), text.trim());
+        }
+    }
+}

@@ -1,1 +1,345 @@
+//! Harness for real boots of the demo disk: OVMF → GRUB → kernel → immuboot
+//! init → systemd, driven over the serial console like a person would.
+//!
+//! Every machine gets its own qcow2 overlay over the built disk and its own
+//! copy of the UEFI variables, so scenarios run side by side and the built
+//! disk is never written.
 
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use serde::Deserialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const ROOT_PASSWORD: &str = "immuboot";
+
+/// Where `cargo xtask build` leaves the disk and its description.
+pub fn artifacts_dir() -> PathBuf {
+    match std::env::var_os("IMMUBOOT_ARTIFACTS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/immuboot"),
+    }
+}
+
+/// One partition of the built disk (from disk.json).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Partition {
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiskManifest {
+    pub disk: PathBuf,
+    pub partitions: Vec<Partition>,
+    pub initramfs_bytes: u64,
+}
+
+impl DiskManifest {
+    pub fn load() -> Result<DiskManifest> {
+        let path = artifacts_dir().join("disk.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} missing: run `cargo xtask build` first", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    pub fn partition(&self, label: &str) -> Result<&Partition> {
+        self.partitions.iter().find(|p| p.label == label).with_context(|| format!("no partition {label}"))
+    }
+}
+
+/// QEMU arguments for a boot under TCG (never KVM: it hangs on these hosts).
+pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1", "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        "-drive".into(),
+        format!("file={},if=virtio,format={disk_format},cache=unsafe", disk.display()),
+        "-nic".into(),
+        "none".into(),
+    ]);
+    if interactive {
+        args.push("-nographic".into());
+    } else {
+        args.extend(["-display", "none", "-serial", "stdio", "-monitor", "none"].map(String::from));
+    }
+    args
+}
+
+/// A test machine: a disk overlay and UEFI variables that persist across its
+/// boots.
+pub struct Machine {
+    pub name: String,
+    pub dir: PathBuf,
+    pub overlay: PathBuf,
+    pub vars: PathBuf,
+    pub manifest: DiskManifest,
+    boots: usize,
+}
+
+impl Machine {
+    pub fn new(name: &str) -> Result<Machine> {
+        let manifest = DiskManifest::load()?;
+        let dir = artifacts_dir().join("vms").join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let overlay = dir.join("disk.qcow2");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&manifest.disk)
+            .arg(&overlay)
+            .status()
+            .context("qemu-img (package qemu-utils)")?;
+        if !status.success() {
+            bail!("qemu-img create failed for {}", overlay.display());
+        }
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
+        Ok(Machine { name: name.into(), dir, overlay, vars, manifest, boots: 0 })
+    }
+
+    /// Zeroes the start of a partition inside the overlay, so its file system
+    /// (and label) is gone, as if the partition were missing or blank.
+    pub fn wipe_partition(&self, label: &str) -> Result<()> {
+        let p = self.manifest.partition(label)?;
+        let status = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c"])
+            .arg(format!("write -z {} {}", p.offset, 1 << 20))
+            .arg(&self.overlay)
+            .stdout(Stdio::null())
+            .status()
+            .context("qemu-io (package qemu-utils)")?;
+        if !status.success() {
+            bail!("qemu-io failed to wipe {label}");
+        }
+        Ok(())
+    }
+
+    pub fn boot(&mut self) -> Result<Vm> {
+        self.boots += 1;
+        let log = self.dir.join(format!("boot{}.log", self.boots));
+        Vm::start(&self.overlay, &self.vars, &log)
+    }
+}
+
+/// A running QEMU whose serial console we read and type into.
+pub struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    output: Arc<Mutex<String>>,
+    cursor: usize,
+    seq: u32,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Vm {
+    pub fn start(overlay: &Path, vars: &Path, log: &Path) -> Result<Vm> {
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(qemu_args(overlay, "qcow2", vars, false))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start qemu-system-x86_64 (package qemu-system-x86)")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut logfile = std::fs::File::create(log)?;
+        for stream in [
+            Box::new(child.stdout.take().context("stdout")?) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().context("stderr")?),
+        ] {
+            let output = Arc::clone(&output);
+            let mut logfile = logfile.try_clone()?;
+            let mut stream = stream;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = logfile.write_all(&buf[..n]);
+                    let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                    if let Ok(mut out) = output.lock() {
+                        out.push_str(&text);
+                    }
+                }
+            });
+        }
+        logfile.flush()?;
+        let stdin = child.stdin.take().context("stdin")?;
+        Ok(Vm { child, stdin, output, cursor: 0, seq: 0, log: log.into(), started: Instant::now() })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn tail(&self) -> String {
+        let all = self.console();
+        let start = all.len().saturating_sub(1500);
+        let start = (start..all.len()).find(|i| all.is_char_boundary(*i)).unwrap_or(all.len());
+        all[start..].to_string()
+    }
+
+    /// Waits for `pattern` in output not consumed yet; returns the match's
+    /// captures as strings and moves past it.
+    pub fn expect(&mut self, pattern: &str, timeout: Duration) -> Result<Vec<String>> {
+        let re = Regex::new(pattern)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = self.output.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                if let Some(c) = re.captures(&out[self.cursor..]) {
+                    let caps = c.iter().map(|m| m.map(|m| m.as_str().to_string()).unwrap_or_default()).collect();
+                    self.cursor += c.get(0).map(|m| m.end()).unwrap_or(0);
+                    return Ok(caps);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                bail!(
+                    "QEMU exited ({status}) while waiting for /{pattern}/; console log {}:\n{}",
+                    self.log.display(),
+                    self.tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no /{pattern}/ within {} s; console log {}:\n{}",
+                    timeout.as_secs(),
+                    self.log.display(),
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn send(&mut self, text: &str) -> Result<()> {
+        self.stdin.write_all(text.as_bytes())?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Logs in as root on the serial console and quiets kernel messages there.
+    pub fn login(&mut self) -> Result<Duration> {
+        self.expect(r"login: $", Duration::from_secs(400)).or_else(|_| {
+            // The prompt may be followed by late boot messages.
+            self.expect(r"login: ", Duration::from_secs(5))
+        })?;
+        let at = self.started.elapsed();
+        self.send("root\n")?;
+        self.expect("Password: ", Duration::from_secs(60))?;
+        self.send(&format!("{ROOT_PASSWORD}\n"))?;
+        self.expect(r"# ", Duration::from_secs(60))?;
+        self.run_ok("dmesg -n 1; export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb")?;
+        Ok(at)
+    }
+
+    /// Runs a shell command; returns its exit code and output.
+    pub fn run(&mut self, cmd: &str) -> Result<(i32, String)> {
+        self.seq += 1;
+        let n = self.seq;
+        // The markers are printed with printf so the echoed command line
+        // itself never matches them.
+        self.send(&format!("printf '@@%s@@\\n' B{n}; {cmd}\nprintf '@@%s:%s@@\\n' E{n} $?\n"))?;
+        self.expect(&format!(r"@@B{n}@@\n"), Duration::from_secs(120))?;
+        let caps = self.expect(&format!(r"(?s)(.*?)@@E{n}:(\d+)@@"), Duration::from_secs(300))?;
+        let mut out = caps[1].clone();
+        // Drop the echo of the second input line.
+        if let Some(pos) = out.rfind("printf '@@%s:%s@@") {
+            out.truncate(pos);
+            if let Some(nl) = out.rfind('\n') {
+                out.truncate(nl + 1);
+            } else {
+                out.clear();
+            }
+        }
+        Ok((caps[2].parse()?, out))
+    }
+
+    pub fn run_ok(&mut self, cmd: &str) -> Result<String> {
+        let (rc, out) = self.run(cmd)?;
+        if rc != 0 {
+            bail!("`{cmd}` exited {rc}:\n{out}");
+        }
+        Ok(out)
+    }
+
+    /// Reboots the guest; with -no-reboot QEMU exits at the reset.
+    pub fn reboot(mut self) -> Result<()> {
+        self.send("systemctl reboot\n")?;
+        self.wait_exit(Duration::from_secs(180))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        bail!("QEMU did not exit within {} s after reboot; log {}", timeout.as_secs(), self.log.display())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Seconds between two kernel log lines in `dmesg` output: from the first
+/// line matching `from` to the first matching `to` after it.
+pub fn dmesg_interval(dmesg: &str, from: &str, to: &str) -> Option<f64> {
+    let ts = |line: &str| -> Option<f64> {
+        let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
+        inner.trim().parse().ok()
+    };
+    let mut lines = dmesg.lines();
+    let start = lines.by_ref().find(|l| l.contains(from)).and_then(ts)?;
+    let end = lines.find(|l| l.contains(to)).and_then(ts)?;
+    Some(end - start)
+}
+
+/// Appends one result line (JSON) that `cargo xtask test` prints at the end.
+pub fn record_result(name: &str, value: serde_json::Value) -> Result<()> {
+    let dir = artifacts_dir().join("results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string(&value)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_between_kernel_lines() {
+        let d = "[    1.500000] Run /init as init process\n[    1.600000] immuboot: x\n[    2.250000] systemd[1]: systemd 252 running\n";
+        assert_eq!(dmesg_interval(d, "Run /init as init process", "systemd[1]:"), Some(0.75));
+        assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! The demo OS images: one Debian root file system, customised for a
+//! read-only root, with the immuboot CLI and an initramfs, squashed three
+//! times (slot a, slot b, recovery) with different versions in os-release.
+
+use crate::initramfs;
+use crate::util::{out_dir, run, workspace_root, Stamp};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Password hash of the demo's root account (password "immuboot"), made
+/// with `openssl passwd -6`.
+const ROOT_HASH: &str = "$6$immubootdemo$bzHBnSfuA8ZF.wO2RGYVGc/fNyye5m1OocLSQdyZBYo.BLV58oM77Kv7yBnP5P99qySdiSVoNda292XFM8bdl1";
+
+/// Module trees a QEMU demo never needs; dropped to keep the images small
+/// and quick to build. A real image keeps what its hardware needs.
+const PRUNED_MODULES: &[&str] = &[
+    "sound", "drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/net/ethernet",
+    "drivers/infiniband", "drivers/staging", "drivers/iio", "drivers/bluetooth", "drivers/isdn",
+    "drivers/mtd", "drivers/hwmon", "drivers/platform", "drivers/mfd", "drivers/comedi",
+    "drivers/usb/gadget", "drivers/input/touchscreen", "drivers/net/can", "net/wireless",
+    "net/mac80211", "net/bluetooth",
+];
+
+/// Units that make no sense on an image-based system, or would wait for
+/// input on the console.
+const MASKED_UNITS: &[&str] = &[
+    "systemd-firstboot.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-timesyncd.service",
+];
+
+pub struct Variant {
+    pub file: &'static str,
+    pub version: &'static str,
+    pub variant: &'static str,
+}
+
+pub const VARIANTS: &[Variant] = &[
+    Variant { file: "a.img", version: "2", variant: "slot-a" },
+    Variant { file: "b.img", version: "1", variant: "slot-b" },
+    Variant { file: "recovery.img", version: "1-recovery", variant: "recovery" },
+];
+
+pub struct Images {
+    pub dir: PathBuf,
+    pub initramfs_bytes: u64,
+}
+
+fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
+    let root = workspace_root();
+    Stamp::default()
+        .text(&tar.display().to_string())
+        .file(init)?
+        .file(cli)?
+        .file(&root.join("image/layout.yaml"))?
+        .file(&root.join("image/initramfs-modules"))?
+        .file(&root.join("xtask/src/image.rs"))?
+        .file(&root.join("xtask/src/initramfs.rs"))
+}
+
+pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
+    let dir = out_dir().join("images");
+    let stamp = image_inputs(tar, init, cli)?;
+    let marker = dir.join("a.img");
+    if stamp.is_current(&marker) {
+        eprintln!("    images up to date");
+        let initramfs_bytes = fs::metadata(out_dir().join("initrd.img"))?.len();
+        return Ok(Images { dir, initramfs_bytes });
+    }
+    fs::create_dir_all(&dir)?;
+    let root = out_dir().join("rootfs");
+    let kver = stage(tar, &root, cli)?;
+    let initrd = out_dir().join("initrd.img");
+    let initramfs_bytes = initramfs::build(
+        init,
+        &root.join("usr/lib/modules").join(&kver),
+        &kver,
+        &workspace_root().join("image/initramfs-modules"),
+        &initrd,
+    )?;
+    fs::copy(&initrd, root.join("boot/initrd.img"))?;
+    let os_release = root.join("usr/lib/os-release");
+    let base = fs::read_to_string(&os_release)?;
+    for v in VARIANTS {
+        let text: String = base
+            .lines()
+            .filter(|l| !l.starts_with("PRETTY_NAME=") && !l.starts_with("IMAGE_") && !l.starts_with("VARIANT"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(
+            &os_release,
+            format!(
+                "{text}PRETTY_NAME=\"immuboot demo {} (Debian GNU/Linux 12)\"\nIMAGE_ID=immuboot-demo\nIMAGE_VERSION={}\nVARIANT_ID={}\n",
+                v.version, v.version, v.variant
+            ),
+        )?;
+        let out = dir.join(v.file);
+        let _ = fs::remove_file(&out);
+        // xz: GRUB 2.06 reads xz and gzip squashfs, not zstd, and it loads
+        // the kernel and initramfs from inside the image.
+        run(Command::new("mksquashfs")
+            .arg(&root)
+            .arg(&out)
+            .args(["-comp", "xz", "-noappend", "-quiet", "-no-progress"]))?;
+    }
+    stamp.record(&marker)?;
+    Ok(Images { dir, initramfs_bytes })
+}
+
+/// Unpacks the tarball and makes it an immuboot image; returns the kernel
+/// version.
+fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
+    if root.exists() {
+        fs::remove_dir_all(root)?;
+    }
+    fs::create_dir_all(root)?;
+    run(Command::new("tar").arg("-C").arg(root).args(["--numeric-owner", "-xpf"]).arg(tar))?;
+
+    let modules = root.join("usr/lib/modules");
+    let kvers: Vec<String> = fs::read_dir(&modules)?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let [kver] = kvers.as_slice() else { bail!("expected one kernel in the rootfs, found {kvers:?}") };
+    let kver = kver.clone();
+    for p in PRUNED_MODULES {
+        let d = modules.join(&kver).join("kernel").join(p);
+        if d.exists() {
+            fs::remove_dir_all(d)?;
+        }
+    }
+    run(Command::new("depmod").arg("-b").arg(root).arg(&kver))?;
+    for d in ["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"] {
+        let d = root.join(d);
+        if d.exists() {
+            fs::remove_dir_all(&d)?;
+            fs::create_dir(&d)?;
+        }
+    }
+
+    // Kernel and initramfs at fixed names, read by GRUB from the squashfs.
+    let boot = root.join("boot");
+    for e in fs::read_dir(&boot)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("initrd.img") || name.starts_with("System.map") {
+            fs::remove_file(e.path())?;
+        }
+    }
+    fs::rename(boot.join(format!("vmlinuz-{kver}")), boot.join("vmlinuz"))?;
+    for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let _ = fs::remove_file(root.join(link));
+    }
+
+    // Root login on the console (demo only), hostname, masked units.
+    let shadow = root.join("etc/shadow");
+    let text = fs::read_to_string(&shadow)?;
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("root:") {
+            let rest: Vec<&str> = l.splitn(3, ':').collect();
+            format!("root:{ROOT_HASH}:{}\n", rest.get(2).unwrap_or(&""))
+        } else {
+            format!("{l}\n")
+        })
+        .collect();
+    fs::write(&shadow, text)?;
+    fs::write(root.join("etc/hostname"), "immuboot\n")?;
+    fs::write(root.join("etc/fstab"), "# Written by the immuboot init at every boot.\n")?;
+    for unit in MASKED_UNITS {
+        let link = root.join("etc/systemd/system").join(unit);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", link)?;
+    }
+
+    // immuboot itself.
+    let bin = root.join("usr/bin/immuboot");
+    fs::copy(cli, &bin)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    fs::create_dir_all(root.join("etc/immuboot"))?;
+    fs::copy(workspace_root().join("image/layout.yaml"), root.join("etc/immuboot/layout.yaml"))?;
+    for d in ["oem", "var/lib/immuboot-demo"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    Ok(kver)
+}
+
+/// The GRUB EFI binary with its first config embedded.
+pub fn grub_efi(out: &Path) -> Result<()> {
+    let early = workspace_root().join("image/grub/early.cfg");
+    let stamp = Stamp::default().file(&early)?.text("grub-v1");
+    if stamp.is_current(out) {
+        return Ok(());
+    }
+    run(Command::new("grub-mkstandalone")
+        .args(["-O", "x86_64-efi", "-o"])
+        .arg(out)
+        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test loadenv efi_gop all_video gzio xzio sleep reboot halt")
+        .arg(format!("boot/grub/grub.cfg={}", early.display())))
+    .context("building the GRUB EFI binary")?;
+    stamp.record(out)
+}

@@ -1,0 +1,121 @@
+//! The initramfs: the static init, the kernel modules it loads (with their
+//! dependencies) and nothing else, as a zstd-compressed newc cpio archive.
+
+use anyhow::{bail, Context, Result};
+use immuboot_kmod::ModuleIndex;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+struct Archive {
+    out: Vec<u8>,
+    ino: u32,
+    dirs: BTreeSet<String>,
+}
+
+impl Archive {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: Option<(u32, u32)>) -> Result<()> {
+        self.ino += 1;
+        let mut b = cpio::newc::Builder::new(name).ino(self.ino).mode(mode).uid(0).gid(0).nlink(1).mtime(0);
+        if let Some((major, minor)) = rdev {
+            b = b.rdev_major(major).rdev_minor(minor);
+        }
+        let mut w = b.write(&mut self.out, data.len() as u32);
+        w.write_all(data)?;
+        w.finish()?;
+        Ok(())
+    }
+
+    /// Adds a directory and its missing parents.
+    fn dir(&mut self, path: &str) -> Result<()> {
+        let mut cur = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(part);
+            if self.dirs.insert(cur.clone()) {
+                let name = cur.clone();
+                self.entry(&name, 0o040755, &[], None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent)?;
+        }
+        self.entry(path, 0o100000 | mode, data, None)
+    }
+}
+
+/// Reads the module list file: one name a line, `#` comments.
+pub fn module_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Builds the initramfs; returns its compressed size in bytes.
+pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Path, out: &Path) -> Result<u64> {
+    let wanted = module_list(module_list_file)?;
+    let dep = std::fs::read_to_string(modules_dir.join("modules.dep"))
+        .with_context(|| format!("cannot read {}/modules.dep", modules_dir.display()))?;
+    let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::parse(&dep, &builtin);
+    let files = index.load_order(&wanted).with_context(|| format!("modules listed in {}", module_list_file.display()))?;
+
+    let mut a = Archive { out: Vec::new(), ino: 0, dirs: BTreeSet::new() };
+    for d in ["dev", "proc", "sys", "run", "sysroot", "tmp"] {
+        a.dir(d)?;
+    }
+    // The kernel opens /dev/console for init's stdio before /dev is mounted.
+    a.entry("dev/console", 0o020600, &[], Some((5, 1)))?;
+    a.entry("dev/null", 0o020666, &[], Some((1, 3)))?;
+    let init_bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    a.file("init", 0o755, &init_bytes)?;
+    a.file("etc/immuboot/modules", 0o644, wanted.join("\n").as_bytes())?;
+    // modules.dep limited to what is in the archive.
+    let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();
+    let small_dep: String = dep
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|m| kept.contains(m.trim())))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mdir = format!("lib/modules/{kver}");
+    a.file(&format!("{mdir}/modules.dep"), 0o644, small_dep.as_bytes())?;
+    a.file(&format!("{mdir}/modules.builtin"), 0o644, builtin.as_bytes())?;
+    for f in &files {
+        let data = std::fs::read(modules_dir.join(f)).with_context(|| format!("cannot read module {f}"))?;
+        a.file(&format!("{mdir}/{f}"), 0o644, &data)?;
+    }
+    cpio::newc::trailer(&mut a.out)?;
+
+    let mut child = Command::new("zstd")
+        .args(["-19", "-q", "-c", "-T0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run zstd")?;
+    let mut stdin = child.stdin.take().context("zstd stdin")?;
+    let data = std::mem::take(&mut a.out);
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let output = child.wait_with_output()?;
+    writer.join().map_err(|_| anyhow::anyhow!("zstd writer panicked"))??;
+    if !output.status.success() {
+        bail!("zstd failed");
+    }
+    std::fs::write(out, &output.stdout)?;
+    eprintln!(
+        "    initramfs: {} modules, {} bytes compressed",
+        files.len(),
+        output.stdout.len()
+    );
+    Ok(output.stdout.len() as u64)
+}
