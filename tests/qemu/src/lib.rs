@@ -240,16 +240,15 @@ impl Vm {
 
     /// Logs in as root on the serial console and quiets kernel messages there.
     pub fn login(&mut self) -> Result<Duration> {
-        self.expect(r"login: $", Duration::from_secs(400)).or_else(|_| {
-            // The prompt may be followed by late boot messages.
-            self.expect(r"login: ", Duration::from_secs(5))
-        })?;
+        self.expect(r"login: ", Duration::from_secs(400))?;
         let at = self.started.elapsed();
         self.send("root\n")?;
         self.expect("Password: ", Duration::from_secs(60))?;
         self.send(&format!("{ROOT_PASSWORD}\n"))?;
         self.expect(r"# ", Duration::from_secs(60))?;
-        self.run_ok("dmesg -n 1; export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb")?;
+        // No line editing and no echo: the console shows only output.
+        self.send("set +o emacs +o vi; stty -echo; dmesg -n 1; export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb\n")?;
+        self.run_ok("true")?;
         Ok(at)
     }
 
@@ -257,21 +256,12 @@ impl Vm {
     pub fn run(&mut self, cmd: &str) -> Result<(i32, String)> {
         self.seq += 1;
         let n = self.seq;
-        // The markers are printed with printf so the echoed command line
-        // itself never matches them.
-        self.send(&format!("printf '@@%s@@\\n' B{n}; {cmd}\nprintf '@@%s:%s@@\\n' E{n} $?\n"))?;
+        // One input line; the markers are printed with printf so that an
+        // echo of the line itself never matches them.
+        self.send(&format!("printf '@@%s@@\\n' B{n}; {cmd}; printf '@@%s:%s@@\\n' E{n} $?\n"))?;
         self.expect(&format!(r"@@B{n}@@\n"), Duration::from_secs(120))?;
         let caps = self.expect(&format!(r"(?s)(.*?)@@E{n}:(\d+)@@"), Duration::from_secs(300))?;
-        let mut out = caps[1].clone();
-        // Drop the echo of the second input line.
-        if let Some(pos) = out.rfind("printf '@@%s:%s@@") {
-            out.truncate(pos);
-            if let Some(nl) = out.rfind('\n') {
-                out.truncate(nl + 1);
-            } else {
-                out.clear();
-            }
-        }
+        let out = caps[1].clone();
         Ok((caps[2].parse()?, out))
     }
 

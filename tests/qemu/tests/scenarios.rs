@@ -1,0 +1,194 @@
+//! End-to-end scenarios: each is a real boot (or several) of the demo disk,
+//! OVMF → GRUB → kernel → immuboot init → systemd, checked from a root shell
+//! on the serial console. Run by `cargo xtask test` (they are `#[ignore]`d
+//! in a plain `cargo test` because they need the built disk).
+
+use anyhow::{ensure, Result};
+use immuboot_qemu_tests::{dmesg_interval, record_result, Machine, Vm};
+use serde_json::json;
+
+fn boot(m: &mut Machine) -> Result<Vm> {
+    let mut vm = m.boot()?;
+    vm.login()?;
+    Ok(vm)
+}
+
+fn env_of(vm: &mut Vm) -> Result<String> {
+    vm.run_ok("cat /run/immuboot/env")
+}
+
+fn root_backing_file(vm: &mut Vm) -> Result<String> {
+    Ok(vm
+        .run_ok("cat /sys/block/$(basename $(findmnt -n -o SOURCE /))/loop/backing_file")?
+        .trim()
+        .to_string())
+}
+
+fn image_version(vm: &mut Vm) -> Result<String> {
+    Ok(vm.run_ok(". /etc/os-release; echo $IMAGE_VERSION")?.trim().to_string())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
+    let mut m = Machine::new("s1-active")?;
+    let mut vm = m.boot()?;
+    let login_after = vm.login()?;
+
+    let state = vm.run_ok("systemctl is-active multi-user.target")?;
+    ensure!(state.trim() == "active", "multi-user.target: {state}");
+    let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
+    ensure!(root.starts_with("squashfs ro"), "/ is {root}");
+    let backing = root_backing_file(&mut vm)?;
+    ensure!(backing == "/run/initramfs/cos-state/cOS/a.img", "root image {backing}");
+    let (rc, _) = vm.run("touch /usr/bin/x 2>/dev/null")?;
+    ensure!(rc != 0, "/usr is writable");
+    let cmdline = vm.run_ok("cat /proc/cmdline")?;
+    ensure!(cmdline.contains("immuboot.slot=a") && cmdline.contains("immuboot.mode=active"), "{cmdline}");
+    let env = env_of(&mut vm)?;
+    ensure!(env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"), "{env}");
+    ensure!(env.contains("IMMUBOOT_PERSISTENCE=yes"), "{env}");
+    ensure!(image_version(&mut vm)? == "2");
+    // The layout as mounted, and what systemd and findmnt see.
+    let etc = vm.run_ok("findmnt -n -o FSTYPE /etc")?;
+    ensure!(etc.trim() == "overlay", "/etc is {etc}");
+    let usr_local = vm.run_ok("findmnt -n -o SOURCE,FSTYPE /usr/local")?;
+    ensure!(usr_local.contains("/dev/vda5") && usr_local.contains("ext4"), "/usr/local is {usr_local}");
+    let fstab = vm.run_ok("findmnt --fstab -n -o TARGET")?;
+    for t in ["/", "/etc", "/usr/local", "/oem", "/var", "/var/log", "/root"] {
+        ensure!(fstab.lines().any(|l| l.trim() == t), "{t} missing from fstab:\n{fstab}");
+    }
+    let unit = vm.run_ok("systemctl is-active usr-local.mount var-log.mount oem.mount")?;
+    ensure!(unit.lines().all(|l| l.trim() == "active"), "mount units: {unit}");
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("booted:       active (slot a) /cOS/a.img  version 2"), "{status}");
+    ensure!(status.contains("next boot:    active"), "{status}");
+    // The init's lines reach the journal under the identifier immuboot.
+    let journal = vm.run_ok("journalctl -b -t immuboot -o cat")?;
+    ensure!(journal.lines().filter(|l| l.starts_with("step '")).count() >= 8, "init lines in the journal:\n{journal}");
+
+    // The initramfs phase, on the kernel's clock.
+    let dmesg = vm.run_ok("dmesg")?;
+    let phase = dmesg_interval(&dmesg, "Run /init as init process", "systemd[1]: systemd ")
+        .ok_or_else(|| anyhow::anyhow!("no timing lines in dmesg"))?;
+    let result = json!({
+        "initramfs_phase_s": (phase * 1000.0).round() / 1000.0,
+        "initramfs_bytes": m.manifest.initramfs_bytes,
+        "reference_busybox_phase_s": 0.89,
+        "target_phase_s (1.2x busybox)": 1.07,
+        "target_initramfs_bytes": 4_000_000,
+        "qemu_start_to_login_prompt_s": login_after.as_secs(),
+    });
+    println!("initramfs: {result}");
+    record_result("s1-initramfs-phase", result)?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s2_etc_is_ephemeral_and_persistent_paths_survive_reboot() -> Result<()> {
+    let mut m = Machine::new("s2-persistence")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok(
+        "echo etc > /etc/immuboot-test && echo ul > /usr/local/immuboot-test && echo oem > /oem/immuboot-test \
+         && echo demo > /var/lib/immuboot-demo/data && echo home > /root/immuboot-test \
+         && echo var > /var/immuboot-test && sync",
+    )?;
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    let (rc, _) = vm.run("test -e /etc/immuboot-test")?;
+    ensure!(rc != 0, "/etc change survived the reboot");
+    let (rc, _) = vm.run("test -e /var/immuboot-test")?;
+    ensure!(rc != 0, "ephemeral /var change survived the reboot");
+    let kept = vm.run_ok(
+        "cat /usr/local/immuboot-test /oem/immuboot-test /var/lib/immuboot-demo/data /root/immuboot-test",
+    )?;
+    let lines: Vec<&str> = kept.lines().map(str::trim).collect();
+    ensure!(lines == ["ul", "oem", "demo", "home"], "persistent files: {kept}");
+    // The image's own content is still under the persistent bind (seeded on first boot).
+    vm.run_ok("test -f /root/.bashrc")?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s3_one_shot_passive_then_recovery_then_back_to_active() -> Result<()> {
+    let mut m = Machine::new("s3-one-shot")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok("immuboot next-boot passive")?;
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("next boot:    passive (one-shot)"), "{status}");
+    vm.reboot()?;
+
+    let mut vm = boot(&mut m)?;
+    let env = env_of(&mut vm)?;
+    ensure!(env.contains("IMMUBOOT_MODE=passive") && env.contains("IMMUBOOT_SLOT=b"), "{env}");
+    ensure!(root_backing_file(&mut vm)? == "/run/initramfs/cos-state/cOS/b.img");
+    ensure!(image_version(&mut vm)? == "1");
+    vm.run_ok("immuboot next-boot recovery")?;
+    vm.reboot()?;
+
+    let mut vm = boot(&mut m)?;
+    let env = env_of(&mut vm)?;
+    ensure!(env.contains("IMMUBOOT_MODE=recovery"), "{env}");
+    ensure!(root_backing_file(&mut vm)? == "/run/initramfs/cos-recovery/cOS/recovery.img");
+    ensure!(image_version(&mut vm)? == "1-recovery");
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("booted:       recovery"), "{status}");
+    vm.reboot()?;
+
+    let mut vm = boot(&mut m)?;
+    let env = env_of(&mut vm)?;
+    ensure!(env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"), "{env}");
+    ensure!(image_version(&mut vm)? == "2");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s4_missing_persistent_and_oem_partitions_still_boot() -> Result<()> {
+    let mut m = Machine::new("s4-no-persistence")?;
+    m.wipe_partition("COS_PERSISTENT")?;
+    m.wipe_partition("COS_OEM")?;
+    let mut vm = m.boot()?;
+    vm.expect(
+        r"immuboot: no partition labelled COS_OEM: /oem is an empty tmpfs",
+        std::time::Duration::from_secs(300),
+    )?;
+    vm.expect(
+        r"immuboot: persistence unavailable: no partition labelled COS_PERSISTENT",
+        std::time::Duration::from_secs(60),
+    )?;
+    vm.login()?;
+    let env = env_of(&mut vm)?;
+    ensure!(env.contains("IMMUBOOT_PERSISTENCE=no"), "{env}");
+    let fs = vm.run_ok("findmnt -n -o FSTYPE /usr/local; findmnt -n -o FSTYPE /oem")?;
+    ensure!(fs.lines().map(str::trim).eq(["tmpfs", "tmpfs"]), "{fs}");
+    vm.run_ok("echo ok > /var/log/still-writable")?;
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("persistence:  NO"), "{status}");
+    let state = vm.run_ok("systemctl is-active multi-user.target")?;
+    ensure!(state.trim() == "active");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s5_broken_oem_layout_is_reported_and_image_layout_used() -> Result<()> {
+    let mut m = Machine::new("s5-broken-layout")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok("mkdir -p /oem/immuboot && printf 'persistent: [/root\\nephemeral: /var\\n' > /oem/immuboot/layout.yaml && sync")?;
+    vm.reboot()?;
+    let mut vm = m.boot()?;
+    let caps = vm.expect(
+        r"immuboot: invalid layout file /oem/immuboot/layout\.yaml: ([^\n]*)",
+        std::time::Duration::from_secs(300),
+    )?;
+    ensure!(caps[1].contains("line"), "the error does not say where: {}", caps[1]);
+    vm.login()?;
+    let facts = vm.run_ok("cat /run/immuboot/boot.json")?;
+    ensure!(facts.contains("\"layout_source\": \"/etc/immuboot/layout.yaml\""), "{facts}");
+    let persistent = vm.run_ok("findmnt -n -o SOURCE /var/lib/immuboot-demo")?;
+    ensure!(persistent.contains("var-lib-immuboot\\x2ddemo.bind"), "{persistent}");
+    Ok(())
+}
