@@ -17,6 +17,7 @@ use immuboot_mount::probe::{self, BlockDevice};
 use immuboot_mount::syscall::{LinuxSyscall, Syscall};
 use immuboot_recovery::{policy, RECOVERY_MOUNT, STATE_MOUNT};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,47 @@ pub struct BootFacts {
 pub struct Boot {
     facts: BootFacts,
     fatal: FatalPolicy,
-    sys: LinuxSyscall,
+    sys: InitSyscall,
+}
+
+/// The system calls of the boot, waiting for a file system's module (still
+/// loading in the background) before mounting that file system.
+struct InitSyscall {
+    linux: LinuxSyscall,
+    modules: RefCell<Option<modules::Loader>>,
+}
+
+impl InitSyscall {
+    fn need_module(&self, name: &str) {
+        if let Some(loader) = self.modules.borrow_mut().as_mut() {
+            loader.wait_for(name);
+            for e in loader.take_errors() {
+                log::warn!("kernel module: {e}");
+            }
+        }
+    }
+}
+
+impl Syscall for InitSyscall {
+    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: plan::MountFlags, data: &str) -> std::io::Result<()> {
+        self.need_module(fstype);
+        self.linux.mount(source, target, fstype, flags, data)
+    }
+    fn bind(&self, source: &Path, target: &Path) -> std::io::Result<()> {
+        self.linux.bind(source, target)
+    }
+    fn mkdir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.linux.mkdir_all(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.linux.exists(path)
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.linux.copy_tree(from, to)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.linux.rename(from, to)
+    }
 }
 
 fn uptime() -> f64 {
@@ -94,7 +135,7 @@ pub fn run() -> ! {
     let mut b = Boot {
         facts: BootFacts { init_version: env!("CARGO_PKG_VERSION"), uptime_start_s: uptime(), ..Default::default() },
         fatal: FatalPolicy::default(),
-        sys: LinuxSyscall,
+        sys: InitSyscall { linux: LinuxSyscall, modules: RefCell::new(None) },
     };
     log::info!("immuboot init {} starting", env!("CARGO_PKG_VERSION"));
 
@@ -107,7 +148,7 @@ pub fn run() -> ! {
         b.warn(format!("kernel command line: {w}"));
     }
 
-    b.step("load kernel modules", |b| load_modules(b, &cfg));
+    b.step("start loading kernel modules", |b| start_modules(b, &cfg));
 
     if cfg.disabled {
         boot_plain_root(&mut b, &cfg);
@@ -192,6 +233,7 @@ pub fn run() -> ! {
         Ok(mounted)
     });
 
+    b.step("finish loading kernel modules", |b| Ok(finish_modules(b)));
     b.step("write boot facts", |b| write_facts(b, &root_entry, &mounted));
     b.facts.uptime_switch_s = uptime();
     let init = cfg.init.clone();
@@ -202,7 +244,9 @@ fn fstype(dev: Option<&BlockDevice>) -> &str {
     dev.and_then(|d| d.fstype.as_deref()).unwrap_or("ext4")
 }
 
-fn load_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
+/// Starts loading the initramfs' module list (plus `immuboot.modules=`) in
+/// the background; mounts wait for the module of their file system.
+fn start_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
     let mut wanted: Vec<String> = std::fs::read_to_string(MODULE_LIST)
         .unwrap_or_default()
         .lines()
@@ -215,12 +259,20 @@ fn load_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
         return Ok(());
     }
     let dir = modules::modules_dir()?;
-    let (loaded, errors) = modules::load(&dir, &wanted)?;
+    *b.sys.modules.borrow_mut() = Some(modules::Loader::start(&dir, &wanted)?);
+    Ok(())
+}
+
+/// Waits for the modules still loading (storage drivers probing their
+/// hardware) so no load is in flight at switch_root; reports failures.
+fn finish_modules(b: &mut Boot) {
+    let Some(mut loader) = b.sys.modules.borrow_mut().take() else { return };
+    let report = loader.finish();
+    log::info!("loaded {} kernel modules", report.loaded);
+    let errors = report.errors.clone();
     for e in errors {
         b.warn(format!("kernel module: {e}"));
     }
-    log::info!("loaded {loaded} kernel modules");
-    Ok(())
 }
 
 /// Waits for the partition holding the image, then takes one more look for
@@ -344,6 +396,7 @@ fn mount_image(b: &mut Boot, dev: &BlockDevice, mount_at: &str, target: &BootTar
     if &magic != b"hsqs" {
         bail!("image {where_} is not a squashfs (bad superblock magic {magic:02x?})");
     }
+    b.sys.need_module("loop");
     let loop_dev = immuboot_mount::loopdev::attach_read_only(&image)?;
     b.sys.mkdir_all(Path::new(SYSROOT))?;
     b.sys

@@ -14,19 +14,21 @@ pub struct KmsgLogger {
 
 static LOGGER: KmsgLogger = KmsgLogger { kmsg: Mutex::new(None) };
 
-/// Syslog priority used in the kmsg record.
+/// Syslog priority used in the kmsg record. Debug lines are only logged
+/// when `immuboot.debug` asks for them, and then shown like info lines (the
+/// kernel's default console level would hide priority 7).
 pub fn priority(level: Level) -> u8 {
     match level {
         Level::Error => 3,
         Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
+        Level::Info | Level::Debug | Level::Trace => 6,
     }
 }
 
 /// One kmsg record: `<prio>immuboot: message`, on one line.
 pub fn format_record(level: Level, message: &str) -> String {
-    format!("<{}>immuboot: {}\n", priority(level), message.replace('\n', " | "))
+    let tag = if level >= Level::Debug { "debug: " } else { "" };
+    format!("<{}>immuboot: {tag}{}\n", priority(level), message.replace('\n', " | "))
 }
 
 pub fn install() {
@@ -81,5 +83,6 @@ mod tests {
     fn records_are_prefixed_single_lines() {
         assert_eq!(format_record(Level::Error, "bad\nthing"), "<3>immuboot: bad | thing\n");
         assert_eq!(format_record(Level::Info, "ok"), "<6>immuboot: ok\n");
+        assert_eq!(format_record(Level::Debug, "x"), "<6>immuboot: debug: x\n");
     }
 }

@@ -35,6 +35,7 @@ pub fn switch_root(new_root: &Path, init: &str) -> Result<Infallible> {
     }
 
     rustix::mount::mount_move(".", "/").context("cannot move the new root to /")?;
+    log::info!("switching root to {}, starting {init}", new_root.display());
     rustix::process::chroot(".").context("chroot to the new root")?;
     rustix::process::chdir("/").context("chdir /")?;
     let err = std::process::Command::new(init).arg0(init).exec();

@@ -19,6 +19,18 @@ pub struct ModuleIndex {
     /// name → (path relative to the modules directory, dependency paths)
     entries: HashMap<String, (String, Vec<String>)>,
     builtin: HashSet<String>,
+    /// name → modules to load before it (`softdep NAME pre: ...`), with
+    /// aliases resolved to module names.
+    pre: HashMap<String, Vec<String>>,
+}
+
+/// One module file to load, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub path: String,
+    /// A soft dependency: its failure (e.g. a CPU-specific variant) is not
+    /// an error.
+    pub optional: bool,
 }
 
 impl ModuleIndex {
@@ -38,13 +50,46 @@ impl ModuleIndex {
         idx
     }
 
+    /// Adds `modules.softdep` pre-dependencies; names that are aliases are
+    /// resolved with `modules.alias` (every module offering the alias).
+    pub fn with_softdeps(mut self, softdep: &str, alias: &str) -> ModuleIndex {
+        let mut aliases: HashMap<&str, Vec<String>> = HashMap::new();
+        for line in alias.lines() {
+            let mut f = line.split_whitespace();
+            if let (Some("alias"), Some(a), Some(m)) = (f.next(), f.next(), f.next()) {
+                aliases.entry(a).or_default().push(module_name(m));
+            }
+        }
+        for line in softdep.lines() {
+            let mut f = line.split_whitespace();
+            let (Some("softdep"), Some(name)) = (f.next(), f.next()) else { continue };
+            let mut in_pre = false;
+            for word in f {
+                match word {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    dep if in_pre => {
+                        let resolved = match aliases.get(dep) {
+                            Some(mods) => mods.clone(),
+                            None => vec![module_name(dep)],
+                        };
+                        self.pre.entry(module_name(name)).or_default().extend(resolved);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self
+    }
+
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtin.contains(&module_name(name))
     }
 
-    /// Files to load for `wanted`, dependencies first, each once. Built-in
-    /// modules are skipped; unknown ones are an error naming them.
-    pub fn load_order(&self, wanted: &[String]) -> Result<Vec<String>> {
+    /// Files to load for `wanted`: soft pre-dependencies, then hard
+    /// dependencies, then the module, each once. Built-in modules are
+    /// skipped; unknown ones are an error naming them.
+    pub fn load_order(&self, wanted: &[String]) -> Result<Vec<Planned>> {
         let mut order = Vec::new();
         let mut seen = HashSet::new();
         let mut unknown = Vec::new();
@@ -53,22 +98,38 @@ impl ModuleIndex {
             if self.is_builtin(&name) {
                 continue;
             }
-            match self.entries.get(&name) {
-                Some((path, deps)) => {
-                    // modules.dep lists all dependencies, deepest last.
-                    for dep in deps.iter().rev().chain(std::iter::once(path)) {
-                        if seen.insert(dep.clone()) {
-                            order.push(dep.clone());
-                        }
-                    }
-                }
-                None => unknown.push(name),
+            if !self.entries.contains_key(&name) {
+                unknown.push(name);
+                continue;
             }
+            for soft in self.pre.get(&name).into_iter().flatten() {
+                if let Some((path, deps)) = self.entries.get(soft) {
+                    self.push_with_deps(path, deps, true, &mut seen, &mut order);
+                }
+            }
+            let (path, deps) = &self.entries[&name];
+            self.push_with_deps(path, deps, false, &mut seen, &mut order);
         }
         if !unknown.is_empty() {
             bail!("not in modules.dep and not built in: {}", unknown.join(", "));
         }
         Ok(order)
+    }
+
+    fn push_with_deps(
+        &self,
+        path: &str,
+        deps: &[String],
+        optional: bool,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<Planned>,
+    ) {
+        // modules.dep lists all dependencies, deepest last.
+        for p in deps.iter().rev().map(String::as_str).chain(std::iter::once(path)) {
+            if seen.insert(p.to_string()) {
+                order.push(Planned { path: p.to_string(), optional });
+            }
+        }
     }
 }
 
@@ -103,49 +164,111 @@ pub fn modules_dir() -> Result<PathBuf> {
     bail!("no modules for kernel {release} in /lib/modules (the initramfs was built for another kernel?)")
 }
 
-/// Loads `wanted` and what they depend on. Returns how many were loaded.
-/// A module that fails to load is reported and the others are still tried.
-pub fn load(dir: &Path, wanted: &[String]) -> Result<(usize, Vec<String>)> {
+/// Reads the index of a modules directory (modules.dep, modules.builtin,
+/// modules.softdep, modules.alias; all but the first may be missing).
+pub fn read_index(dir: &Path) -> Result<ModuleIndex> {
     let dep = std::fs::read_to_string(dir.join("modules.dep"))
         .with_context(|| format!("cannot read {}/modules.dep", dir.display()))?;
-    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-    let index = ModuleIndex::parse(&dep, &builtin);
-    let mut errors = Vec::new();
-    let order = match index.load_order(wanted) {
-        Ok(o) => o,
-        Err(e) => {
-            errors.push(format!("{e:#}"));
-            // Load what is known anyway.
-            let known: Vec<String> = wanted
-                .iter()
-                .filter(|w| index.load_order(std::slice::from_ref(w)).is_ok())
-                .cloned()
-                .collect();
-            index.load_order(&known)?
-        }
-    };
-    let mut loaded = 0;
-    let empty = c"";
-    for rel in order {
-        let path = dir.join(&rel);
-        let result = std::fs::read(&path)
-            .with_context(|| format!("cannot read {}", path.display()))
-            .and_then(|data| decompress(&rel, data).with_context(|| format!("cannot decompress {}", path.display())))
-            .and_then(|image| match nix::kmod::init_module(&image, empty) {
-                Ok(()) => Ok(true),
-                Err(nix::errno::Errno::EEXIST) => Ok(false),
-                Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(&rel)))),
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    Ok(ModuleIndex::parse(&dep, &read("modules.builtin")).with_softdeps(&read("modules.softdep"), &read("modules.alias")))
+}
+
+/// Loads one module file; `Ok(false)` if it was loaded already.
+fn load_file(dir: &Path, rel: &str) -> Result<bool> {
+    let path = dir.join(rel);
+    let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let image = decompress(rel, data).with_context(|| format!("cannot decompress {}", path.display()))?;
+    match nix::kmod::init_module(&image, c"") {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EEXIST) => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(rel)))),
+    }
+}
+
+/// What one loading thread did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub loaded: usize,
+    pub errors: Vec<String>,
+}
+
+/// Modules loading in the background, one thread per wanted module (with
+/// its dependencies, in order). Slow probes (a disk controller waiting for
+/// its ports) then overlap with the rest of the boot; callers wait only for
+/// the modules they need next. The kernel serialises loads of the same
+/// module: a second thread asking for it gets EEXIST once it is live.
+pub struct Loader {
+    pending: Vec<(String, std::thread::JoinHandle<Report>)>,
+    done: Report,
+}
+
+impl Loader {
+    pub fn start(dir: &Path, wanted: &[String]) -> Result<Loader> {
+        let index = read_index(dir)?;
+        let mut loader = Loader { pending: Vec::new(), done: Report::default() };
+        for name in wanted {
+            let order = match index.load_order(std::slice::from_ref(name)) {
+                Ok(o) => o,
+                Err(e) => {
+                    loader.done.errors.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            let dir = dir.to_path_buf();
+            let handle = std::thread::spawn(move || {
+                let mut report = Report::default();
+                for p in order {
+                    match load_file(&dir, &p.path) {
+                        Ok(true) => {
+                            report.loaded += 1;
+                            log::debug!("loaded module {}", module_name(&p.path));
+                        }
+                        Ok(false) => {}
+                        Err(e) if p.optional => log::debug!("optional module: {e:#}"),
+                        Err(e) => {
+                            // What depends on it cannot load either.
+                            report.errors.push(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                report
             });
-        match result {
-            Ok(true) => {
-                loaded += 1;
-                log::debug!("loaded module {}", module_name(&rel));
+            loader.pending.push((module_name(name), handle));
+        }
+        Ok(loader)
+    }
+
+    fn join(&mut self, keep: impl Fn(&str) -> bool) {
+        let (wait, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|(n, _)| !keep(n));
+        self.pending = rest;
+        for (name, handle) in wait {
+            match handle.join() {
+                Ok(r) => {
+                    self.done.loaded += r.loaded;
+                    self.done.errors.extend(r.errors);
+                }
+                Err(_) => self.done.errors.push(format!("loading {name}: thread failed")),
             }
-            Ok(false) => {}
-            Err(e) => errors.push(format!("{e:#}")),
         }
     }
-    Ok((loaded, errors))
+
+    /// Waits until `name` (if it was wanted) has loaded or failed.
+    pub fn wait_for(&mut self, name: &str) {
+        let name = module_name(name);
+        self.join(|n| n != name);
+    }
+
+    /// Waits for every module; returns what was loaded and every error.
+    pub fn finish(&mut self) -> &Report {
+        self.join(|_| false);
+        &self.done
+    }
+
+    /// Errors so far, taken (so each is reported once).
+    pub fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.done.errors)
+    }
 }
 
 #[cfg(test)]
@@ -171,9 +294,12 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
     #[test]
     fn dependencies_come_first_once() {
         let idx = ModuleIndex::parse(DEP, "kernel/fs/overlayfs/overlay.ko\n");
-        let order = idx
+        let order: Vec<String> = idx
             .load_order(&["ext4".into(), "jbd2".into(), "virtio-blk".into(), "overlay".into()])
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
         assert_eq!(
             order,
             [
@@ -186,6 +312,19 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
                 "kernel/drivers/block/virtio_blk.ko.xz",
             ]
         );
+    }
+
+    #[test]
+    fn soft_pre_dependencies_come_first_and_are_optional() {
+        let idx = ModuleIndex::parse(DEP, "").with_softdeps(
+            "softdep ext4 pre: crypto-crc32c\nsoftdep cifs gcm\n",
+            "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n",
+        );
+        let order = idx.load_order(&["ext4".into()]).unwrap();
+        // crc32c_intel is not in this modules.dep: skipped.
+        assert_eq!(order[0], Planned { path: "kernel/crypto/crc32c_generic.ko.xz".into(), optional: true });
+        assert_eq!(order.last().unwrap().path, "kernel/fs/ext4/ext4.ko.xz");
+        assert!(!order.last().unwrap().optional);
     }
 
     #[test]

@@ -75,6 +75,12 @@ impl Layout {
             if seen.contains(&path.as_str()) {
                 bail!("{path:?} is listed twice (a path is either ephemeral or persistent, once)");
             }
+            if let Some(other) = seen.iter().find(|o| state_name(o) == state_name(path)) {
+                bail!(
+                    "{other:?} and {path:?} would both be kept as {:?}; rename one of them",
+                    state_name(path)
+                );
+            }
             seen.push(path);
         }
         let size = self.ephemeral_size.trim_end_matches('%');
@@ -87,6 +93,15 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// The name under which a path's data is kept (persistent:
+/// `/usr/local/.state/NAME.bind`; ephemeral: the overlay's upper directory):
+/// the path without its leading `/`, with `/` turned into `-`, so
+/// `/var/lib/foo` is kept in `var-lib-foo`. Two paths with one name are
+/// rejected when the layout is read.
+pub fn state_name(path: &str) -> String {
+    path.trim_start_matches('/').replace('/', "-")
 }
 
 fn is_within(path: &str, dir: &str) -> bool {
@@ -181,11 +196,18 @@ mod tests {
             ("persistent: [/oem/x]", "COS_OEM"),
             ("ephemeral: [/var]\npersistent: [/var]", "twice"),
             ("persistent: ['/a b']", "white space"),
+            ("persistent: [/var/log, /var-log]", "both be kept"),
             ("ephemeral_size: lots", "tmpfs size"),
         ] {
             let err = format!("{:#}", Layout::parse(yaml).unwrap_err());
             assert!(err.contains(needle), "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn state_names_are_readable() {
+        assert_eq!(state_name("/var/lib/immuboot-demo"), "var-lib-immuboot-demo");
+        assert_eq!(state_name("/root"), "root");
     }
 
     #[test]

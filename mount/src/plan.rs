@@ -2,7 +2,7 @@
 //! were found, executed later by [`crate::exec`]. Keeping it pure lets the
 //! whole sequence be checked in unit tests without root.
 
-use crate::layout::{Layout, BUILTIN_EPHEMERAL};
+use crate::layout::{state_name, Layout, BUILTIN_EPHEMERAL};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -95,25 +95,6 @@ pub struct PlanInputs<'a> {
     /// COS_PERSISTENT's device, if found.
     pub persistent_device: Option<&'a Path>,
     pub persistent_fstype: &'a str,
-}
-
-/// Escapes a path into one file name, as systemd-escape does: `/var/log`
-/// becomes `var-log`, a `-` in a name becomes `\x2d`.
-pub fn escape_path(path: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in path.trim_start_matches('/').chars().enumerate() {
-        match c {
-            '/' => out.push('-'),
-            c if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && i > 0) => out.push(c),
-            c => {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\x{b:02x}"));
-                }
-            }
-        }
-    }
-    out
 }
 
 fn in_root(sysroot: &Path, path: &str) -> PathBuf {
@@ -240,7 +221,7 @@ pub fn layout_mounts(inp: &PlanInputs) -> Vec<PlannedMount> {
 
     for (kind, path) in paths {
         let target = in_root(inp.sysroot, path);
-        let name = escape_path(path);
+        let name = state_name(path);
         plan.push(match kind {
             Kind::Ephemeral => {
                 let upper = eph.join(&name).join("upper");
@@ -330,14 +311,6 @@ mod tests {
             persistent: pers.iter().map(|s| s.to_string()).collect(),
             ephemeral_size: "25%".into(),
         }
-    }
-
-    #[test]
-    fn escapes_like_systemd() {
-        assert_eq!(escape_path("/var/log"), "var-log");
-        assert_eq!(escape_path("/var-log"), "var\\x2dlog");
-        assert_eq!(escape_path("/home/.cache"), "home-.cache");
-        assert_eq!(escape_path("/.hidden"), "\\x2ehidden");
     }
 
     #[test]

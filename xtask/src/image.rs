@@ -108,7 +108,7 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
         run(Command::new("mksquashfs")
             .arg(&root)
             .arg(&out)
-            .args(["-comp", "xz", "-noappend", "-quiet", "-no-progress"]))?;
+            .args(["-comp", &std::env::var("IMMUBOOT_COMP").unwrap_or("xz".into()), "-noappend", "-quiet", "-no-progress"]))?;
     }
     stamp.record(&marker)?;
     Ok(Images { dir, initramfs_bytes })

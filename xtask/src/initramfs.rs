@@ -2,7 +2,7 @@
 //! dependencies) and nothing else, as a zstd-compressed newc cpio archive.
 
 use anyhow::{bail, Context, Result};
-use immuboot_kmod::ModuleIndex;
+use immuboot_kmod::{module_name, ModuleIndex};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -65,11 +65,15 @@ pub fn module_list(path: &Path) -> Result<Vec<String>> {
 /// Builds the initramfs; returns its compressed size in bytes.
 pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Path, out: &Path) -> Result<u64> {
     let wanted = module_list(module_list_file)?;
-    let dep = std::fs::read_to_string(modules_dir.join("modules.dep"))
-        .with_context(|| format!("cannot read {}/modules.dep", modules_dir.display()))?;
-    let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
-    let index = ModuleIndex::parse(&dep, &builtin);
-    let files = index.load_order(&wanted).with_context(|| format!("modules listed in {}", module_list_file.display()))?;
+    let read = |f: &str| std::fs::read_to_string(modules_dir.join(f)).with_context(|| format!("cannot read {}/{f}", modules_dir.display()));
+    let (dep, builtin, softdep, alias) = (read("modules.dep")?, read("modules.builtin")?, read("modules.softdep")?, read("modules.alias")?);
+    let index = ModuleIndex::parse(&dep, &builtin).with_softdeps(&softdep, &alias);
+    let files: Vec<String> = index
+        .load_order(&wanted)
+        .with_context(|| format!("modules listed in {}", module_list_file.display()))?
+        .into_iter()
+        .map(|p| p.path)
+        .collect();
 
     let mut a = Archive { out: Vec::new(), ino: 0, dirs: BTreeSet::new() };
     for d in ["dev", "proc", "sys", "run", "sysroot", "tmp"] {
@@ -81,15 +85,19 @@ pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Pat
     let init_bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
     a.file("init", 0o755, &init_bytes)?;
     a.file("etc/immuboot/modules", 0o644, wanted.join("\n").as_bytes())?;
-    // modules.dep limited to what is in the archive.
+    // The index files, limited to the modules in the archive.
     let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();
-    let small_dep: String = dep
-        .lines()
-        .filter(|l| l.split(':').next().is_some_and(|m| kept.contains(m.trim())))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept_names: BTreeSet<String> = files.iter().map(|f| module_name(f)).collect();
+    let filter = |text: &str, keep: &dyn Fn(&str) -> bool| -> String {
+        text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect()
+    };
+    let small_dep = filter(&dep, &|l| l.split(':').next().is_some_and(|m| kept.contains(m.trim())));
+    let small_softdep = filter(&softdep, &|l| l.split_whitespace().nth(1).is_some_and(|m| kept_names.contains(&module_name(m))));
+    let small_alias = filter(&alias, &|l| l.split_whitespace().nth(2).is_some_and(|m| kept_names.contains(&module_name(m))));
     let mdir = format!("lib/modules/{kver}");
     a.file(&format!("{mdir}/modules.dep"), 0o644, small_dep.as_bytes())?;
+    a.file(&format!("{mdir}/modules.softdep"), 0o644, small_softdep.as_bytes())?;
+    a.file(&format!("{mdir}/modules.alias"), 0o644, small_alias.as_bytes())?;
     a.file(&format!("{mdir}/modules.builtin"), 0o644, builtin.as_bytes())?;
     for f in &files {
         let data = std::fs::read(modules_dir.join(f)).with_context(|| format!("cannot read module {f}"))?;

@@ -189,6 +189,6 @@ fn s5_broken_oem_layout_is_reported_and_image_layout_used() -> Result<()> {
     let facts = vm.run_ok("cat /run/immuboot/boot.json")?;
     ensure!(facts.contains("\"layout_source\": \"/etc/immuboot/layout.yaml\""), "{facts}");
     let persistent = vm.run_ok("findmnt -n -o SOURCE /var/lib/immuboot-demo")?;
-    ensure!(persistent.contains("var-lib-immuboot\\x2ddemo.bind"), "{persistent}");
+    ensure!(persistent.contains("/.state/var-lib-immuboot-demo.bind"), "{persistent}");
     Ok(())
 }
