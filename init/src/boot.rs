@@ -247,19 +247,16 @@ fn fstype(dev: Option<&BlockDevice>) -> &str {
 /// Starts loading the initramfs' module list (plus `immuboot.modules=`) in
 /// the background; mounts wait for the module of their file system.
 fn start_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
-    let mut wanted: Vec<String> = std::fs::read_to_string(MODULE_LIST)
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
-    wanted.extend(cfg.extra_modules.iter().cloned());
-    if wanted.is_empty() {
+    let mut list = match std::fs::read_to_string(MODULE_LIST) {
+        Ok(text) => modules::ModuleList::parse(&text).with_context(|| format!("in {MODULE_LIST}"))?,
+        Err(_) => modules::ModuleList::default(),
+    };
+    list.always.extend(cfg.extra_modules.iter().cloned());
+    if list.always.is_empty() && list.hardware.is_empty() {
         return Ok(());
     }
     let dir = modules::modules_dir()?;
-    *b.sys.modules.borrow_mut() = Some(modules::Loader::start(&dir, &wanted)?);
+    *b.sys.modules.borrow_mut() = Some(modules::Loader::start(&dir, &list)?);
     Ok(())
 }
 

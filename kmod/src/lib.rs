@@ -164,6 +164,169 @@ pub fn modules_dir() -> Result<PathBuf> {
     bail!("no modules for kernel {release} in /lib/modules (the initramfs was built for another kernel?)")
 }
 
+/// Shell-style pattern match as used in modules.alias: `*`, `?` and
+/// `[...]` classes (with `!` or `^` negation and ranges).
+pub fn fnmatch(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = class(&p, pi, t[ti]) {
+                        if matched {
+                            pi = next;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == '[' {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against the class starting at `p[start] == '['`; returns
+/// whether it matched and the index after the class, or None if unclosed.
+fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() && (p[i] != ']' || first) {
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            matched |= p[i] <= c && c <= p[i + 2];
+            i += 3;
+        } else {
+            matched |= p[i] == c;
+            i += 1;
+        }
+    }
+    (i < p.len()).then_some((matched != negate, i + 1))
+}
+
+/// modules.alias: which modules drive a device, by its modalias.
+#[derive(Debug, Default)]
+pub struct AliasIndex {
+    entries: Vec<(String, String)>,
+}
+
+impl AliasIndex {
+    pub fn parse(text: &str) -> AliasIndex {
+        let entries = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                match (f.next(), f.next(), f.next()) {
+                    (Some("alias"), Some(pattern), Some(module)) => Some((pattern.to_string(), module_name(module))),
+                    _ => None,
+                }
+            })
+            .collect();
+        AliasIndex { entries }
+    }
+
+    /// Modules whose alias matches `modalias`.
+    pub fn modules_for(&self, modalias: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(pattern, _)| fnmatch(pattern, modalias))
+            .map(|(_, m)| m.as_str())
+            .collect()
+    }
+}
+
+/// The modalias of every device the kernel knows, from /sys/bus/*/devices.
+pub fn present_modaliases(sys_bus: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for bus in std::fs::read_dir(sys_bus).into_iter().flatten().flatten() {
+        for dev in std::fs::read_dir(bus.path().join("devices")).into_iter().flatten().flatten() {
+            if let Ok(alias) = std::fs::read_to_string(dev.path().join("modalias")) {
+                let alias = alias.trim();
+                if !alias.is_empty() {
+                    out.push(alias.to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The module list of an initramfs: `[always]` modules are loaded whatever
+/// the hardware (file systems, loop); `[hardware]` ones only when a present
+/// device's modalias matches them (disk controllers, watchdogs). Lines
+/// before any section header count as `[always]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModuleList {
+    pub always: Vec<String>,
+    pub hardware: Vec<String>,
+}
+
+impl ModuleList {
+    pub fn parse(text: &str) -> anyhow::Result<ModuleList> {
+        let mut list = ModuleList::default();
+        let mut hardware = false;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            match line {
+                "" => {}
+                "[always]" => hardware = false,
+                "[hardware]" => hardware = true,
+                l if l.starts_with('[') => bail!("line {}: unknown section {l} (expected [always] or [hardware])", n + 1),
+                l if hardware => list.hardware.push(l.to_string()),
+                l => list.always.push(l.to_string()),
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.always.iter().chain(&self.hardware).cloned().collect()
+    }
+
+    pub fn render(&self) -> String {
+        format!("[always]\n{}\n[hardware]\n{}\n", self.always.join("\n"), self.hardware.join("\n"))
+    }
+}
+
 /// Reads the index of a modules directory (modules.dep, modules.builtin,
 /// modules.softdep, modules.alias; all but the first may be missing).
 pub fn read_index(dir: &Path) -> Result<ModuleIndex> {
@@ -192,21 +355,100 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
-/// Modules loading in the background, one thread per wanted module (with
-/// its dependencies, in order). Slow probes (a disk controller waiting for
-/// its ports) then overlap with the rest of the boot; callers wait only for
-/// the modules they need next. The kernel serialises loads of the same
-/// module: a second thread asking for it gets EEXIST once it is live.
+/// Loads one module with its dependencies, in order; stops at the first
+/// failure of a hard dependency (what depends on it cannot load either).
+fn load_chain(dir: &Path, order: &[Planned], report: &mut Report) {
+    for p in order {
+        match load_file(dir, &p.path) {
+            Ok(true) => {
+                report.loaded += 1;
+                log::debug!("loaded module {}", module_name(&p.path));
+            }
+            Ok(false) => {}
+            Err(e) if p.optional => log::debug!("optional module: {e:#}"),
+            Err(e) => {
+                report.errors.push(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+}
+
+/// Loads, for the devices present, the `[hardware]` modules whose alias
+/// matches them. Each module loads in its own thread, so one slow probe
+/// (an AHCI controller resetting its ports) does not hold up another driver;
+/// whenever a load finishes the devices are scanned again, since loading can
+/// make new devices appear (a PCI virtio controller brings virtio devices).
+fn coldplug(dir: &Path, index: &std::sync::Arc<ModuleIndex>, aliases: &AliasIndex, hardware: &[String]) -> Report {
+    let mut report = Report::default();
+    let mut tried: HashSet<String> = HashSet::new();
+    let mut running: Vec<std::thread::JoinHandle<Report>> = Vec::new();
+    loop {
+        for modalias in present_modaliases(Path::new("/sys/bus")) {
+            for m in aliases.modules_for(&modalias) {
+                if !hardware.iter().any(|h| module_name(h) == m) || !tried.insert(m.to_string()) {
+                    continue;
+                }
+                log::debug!("{modalias} needs {m}");
+                match index.load_order(&[m.to_string()]) {
+                    Ok(order) => {
+                        let dir = dir.to_path_buf();
+                        running.push(std::thread::spawn(move || {
+                            let mut r = Report::default();
+                            load_chain(&dir, &order, &mut r);
+                            r
+                        }));
+                    }
+                    Err(e) => report.errors.push(format!("{e:#}")),
+                }
+            }
+        }
+        if running.is_empty() {
+            return report;
+        }
+        // Wait for any load to finish, then look for new devices.
+        while !running.iter().any(|h| h.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (finished, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|h| h.is_finished());
+        running = still;
+        for h in finished {
+            match h.join() {
+                Ok(r) => {
+                    report.loaded += r.loaded;
+                    report.errors.extend(r.errors);
+                }
+                Err(_) => report.errors.push("a module loading thread failed".into()),
+            }
+        }
+    }
+}
+
+/// Modules loading in the background: a thread per `[always]` module (with
+/// its dependencies) and one thread that loads `[hardware]` modules for the
+/// devices present. Slow probes (a disk controller waiting for its ports)
+/// overlap with the rest of the boot; callers wait only for the modules
+/// they need next. The kernel serialises loads of one module: a second
+/// thread asking for it gets EEXIST once it is live.
 pub struct Loader {
     pending: Vec<(String, std::thread::JoinHandle<Report>)>,
     done: Report,
 }
 
+/// Name of the coldplug thread in [`Loader`]'s list.
+const COLDPLUG: &str = "(hardware)";
+
 impl Loader {
-    pub fn start(dir: &Path, wanted: &[String]) -> Result<Loader> {
-        let index = read_index(dir)?;
+    pub fn start(dir: &Path, list: &ModuleList) -> Result<Loader> {
+        let index = std::sync::Arc::new(read_index(dir)?);
         let mut loader = Loader { pending: Vec::new(), done: Report::default() };
-        for name in wanted {
+        if !list.hardware.is_empty() {
+            let alias_text = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
+            let (dir, index, hardware) = (dir.to_path_buf(), index.clone(), list.hardware.clone());
+            let handle = std::thread::spawn(move || coldplug(&dir, &index, &AliasIndex::parse(&alias_text), &hardware));
+            loader.pending.push((COLDPLUG.into(), handle));
+        }
+        for name in &list.always {
             let order = match index.load_order(std::slice::from_ref(name)) {
                 Ok(o) => o,
                 Err(e) => {
@@ -217,21 +459,7 @@ impl Loader {
             let dir = dir.to_path_buf();
             let handle = std::thread::spawn(move || {
                 let mut report = Report::default();
-                for p in order {
-                    match load_file(&dir, &p.path) {
-                        Ok(true) => {
-                            report.loaded += 1;
-                            log::debug!("loaded module {}", module_name(&p.path));
-                        }
-                        Ok(false) => {}
-                        Err(e) if p.optional => log::debug!("optional module: {e:#}"),
-                        Err(e) => {
-                            // What depends on it cannot load either.
-                            report.errors.push(format!("{e:#}"));
-                            break;
-                        }
-                    }
-                }
+                load_chain(&dir, &order, &mut report);
                 report
             });
             loader.pending.push((module_name(name), handle));
@@ -253,10 +481,15 @@ impl Loader {
         }
     }
 
-    /// Waits until `name` (if it was wanted) has loaded or failed.
+    /// Waits until `name` (if it is an `[always]` module) has loaded or failed.
     pub fn wait_for(&mut self, name: &str) {
         let name = module_name(name);
         self.join(|n| n != name);
+    }
+
+    /// Waits for the hardware modules of the devices present at start.
+    pub fn wait_for_hardware(&mut self) {
+        self.join(|n| n != COLDPLUG);
     }
 
     /// Waits for every module; returns what was loaded and every error.
@@ -325,6 +558,36 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
         assert_eq!(order[0], Planned { path: "kernel/crypto/crc32c_generic.ko.xz".into(), optional: true });
         assert_eq!(order.last().unwrap().path, "kernel/fs/ext4/ext4.ko.xz");
         assert!(!order.last().unwrap().optional);
+    }
+
+    #[test]
+    fn fnmatch_handles_modalias_patterns() {
+        assert!(fnmatch("pci:v00001AF4d*sv*sd*bc*sc*i*", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"));
+        assert!(fnmatch("virtio:d00000002v*", "virtio:d00000002v00001AF4"));
+        assert!(!fnmatch("virtio:d00000002v*", "virtio:d00000001v00001AF4"));
+        assert!(fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"));
+        assert!(fnmatch("a?c", "abc") && !fnmatch("a?c", "ac"));
+        assert!(fnmatch("x[0-9]y", "x5y") && !fnmatch("x[0-9]y", "xay"));
+        assert!(fnmatch("x[!0-9]y", "xay") && !fnmatch("x[!0-9]y", "x5y"));
+        assert!(fnmatch("*", "") && !fnmatch("a", ""));
+    }
+
+    #[test]
+    fn alias_index_finds_drivers() {
+        let idx = AliasIndex::parse(
+            "alias virtio:d00000002v* virtio_blk\nalias pci:v*d*sv*sd*bc01sc06i01* ahci\nalias crypto-crc32c crc32c_generic\n",
+        );
+        assert_eq!(idx.modules_for("virtio:d00000002v00001AF4"), ["virtio_blk"]);
+        assert!(idx.modules_for("virtio:d00000001v00001AF4").is_empty());
+    }
+
+    #[test]
+    fn module_list_sections() {
+        let l = ModuleList::parse("ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[always]\noverlay\n").unwrap();
+        assert_eq!(l.always, ["ext4", "loop", "overlay"]);
+        assert_eq!(l.hardware, ["virtio_pci"]);
+        assert_eq!(ModuleList::parse(&l.render()).unwrap(), l);
+        assert!(ModuleList::parse("[sometimes]\n").is_err());
     }
 
     #[test]

@@ -53,10 +53,20 @@ pub struct Images {
     pub initramfs_bytes: u64,
 }
 
+/// Squashfs compression: GRUB loads the kernel and initramfs from inside the
+/// image and GRUB 2.06 reads gzip, xz and lzo squashfs but not zstd. gzip is
+/// the default: the root is read (and decompressed) while systemd starts,
+/// and gzip decompresses faster than xz for about the same size here.
+/// `IMMUBOOT_SQUASHFS_COMP=xz|lzo` overrides it.
+fn compression() -> String {
+    std::env::var("IMMUBOOT_SQUASHFS_COMP").unwrap_or_else(|_| "gzip".into())
+}
+
 fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
     let root = workspace_root();
     Stamp::default()
         .text(&tar.display().to_string())
+        .text(&compression())
         .file(init)?
         .file(cli)?
         .file(&root.join("image/layout.yaml"))?
@@ -103,12 +113,10 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
         )?;
         let out = dir.join(v.file);
         let _ = fs::remove_file(&out);
-        // xz: GRUB 2.06 reads xz and gzip squashfs, not zstd, and it loads
-        // the kernel and initramfs from inside the image.
         run(Command::new("mksquashfs")
             .arg(&root)
             .arg(&out)
-            .args(["-comp", &std::env::var("IMMUBOOT_COMP").unwrap_or("xz".into()), "-noappend", "-quiet", "-no-progress"]))?;
+            .args(["-comp", &compression(), "-noappend", "-quiet", "-no-progress"]))?;
     }
     stamp.record(&marker)?;
     Ok(Images { dir, initramfs_bytes })

@@ -2,7 +2,7 @@
 //! dependencies) and nothing else, as a zstd-compressed newc cpio archive.
 
 use anyhow::{bail, Context, Result};
-use immuboot_kmod::{module_name, ModuleIndex};
+use immuboot_kmod::{module_name, ModuleIndex, ModuleList};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -51,20 +51,16 @@ impl Archive {
     }
 }
 
-/// Reads the module list file: one name a line, `#` comments.
-pub fn module_list(path: &Path) -> Result<Vec<String>> {
+/// Reads the module list file (see `immuboot_kmod::ModuleList`).
+pub fn module_list(path: &Path) -> Result<ModuleList> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+    ModuleList::parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
 /// Builds the initramfs; returns its compressed size in bytes.
 pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Path, out: &Path) -> Result<u64> {
-    let wanted = module_list(module_list_file)?;
+    let list = module_list(module_list_file)?;
+    let wanted = list.all();
     let read = |f: &str| std::fs::read_to_string(modules_dir.join(f)).with_context(|| format!("cannot read {}/{f}", modules_dir.display()));
     let (dep, builtin, softdep, alias) = (read("modules.dep")?, read("modules.builtin")?, read("modules.softdep")?, read("modules.alias")?);
     let index = ModuleIndex::parse(&dep, &builtin).with_softdeps(&softdep, &alias);
@@ -84,7 +80,7 @@ pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Pat
     a.entry("dev/null", 0o020666, &[], Some((1, 3)))?;
     let init_bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
     a.file("init", 0o755, &init_bytes)?;
-    a.file("etc/immuboot/modules", 0o644, wanted.join("\n").as_bytes())?;
+    a.file("etc/immuboot/modules", 0o644, list.render().as_bytes())?;
     // The index files, limited to the modules in the archive.
     let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();
     let kept_names: BTreeSet<String> = files.iter().map(|f| module_name(f)).collect();
