@@ -158,8 +158,8 @@ pub fn write_atomic(path: &Path, env: &GrubEnv) -> Result<()> {
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
     let tmp = path.with_extension("new");
-    let mut file = std::fs::File::create(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     file.write_all(&block)
         .and_then(|_| file.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;

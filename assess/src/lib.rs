@@ -126,7 +126,10 @@ pub struct BootState {
 
 impl Default for BootState {
     fn default() -> Self {
-        BootState { active_slot: Slot::A, next_entry: None }
+        BootState {
+            active_slot: Slot::A,
+            next_entry: None,
+        }
     }
 }
 
@@ -154,7 +157,10 @@ impl BootState {
     /// Writes this state's variables into `env`, keeping any others.
     pub fn store(&self, env: &mut GrubEnv) -> Result<()> {
         env.set(vars::ACTIVE_SLOT, self.active_slot.as_str())?;
-        env.set(vars::NEXT_ENTRY, self.next_entry.map(Mode::as_str).unwrap_or(""))?;
+        env.set(
+            vars::NEXT_ENTRY,
+            self.next_entry.map(Mode::as_str).unwrap_or(""),
+        )?;
         Ok(())
     }
 
@@ -192,7 +198,11 @@ pub fn resolve_target(req: &BootRequest, state: &BootState) -> BootTarget {
         Some(img) if img.contains("recovery") => Mode::Recovery,
         Some(img) if img.contains("passive") => Mode::Passive,
         Some(img) if img == Slot::A.image_path() || img == Slot::B.image_path() => {
-            let slot = if img == Slot::A.image_path() { Slot::A } else { Slot::B };
+            let slot = if img == Slot::A.image_path() {
+                Slot::A
+            } else {
+                Slot::B
+            };
             if slot == state.active_slot {
                 Mode::Active
             } else {
@@ -241,8 +251,10 @@ mod tests {
 
     #[test]
     fn invalid_state_values_warn_and_fall_back() {
-        let (s, w) =
-            BootState::from_env(&env(&[("immuboot_active_slot", "c; reboot"), ("next_entry", "x")]));
+        let (s, w) = BootState::from_env(&env(&[
+            ("immuboot_active_slot", "c; reboot"),
+            ("next_entry", "x"),
+        ]));
         assert_eq!(s, BootState::default());
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("immuboot_active_slot"));
@@ -251,7 +263,12 @@ mod tests {
     #[test]
     fn store_keeps_other_variables() {
         let mut e = env(&[("other", "1")]);
-        BootState { active_slot: Slot::B, next_entry: Some(Mode::Passive) }.store(&mut e).unwrap();
+        BootState {
+            active_slot: Slot::B,
+            next_entry: Some(Mode::Passive),
+        }
+        .store(&mut e)
+        .unwrap();
         assert_eq!(e.get("other"), Some("1"));
         assert_eq!(e.get(vars::ACTIVE_SLOT), Some("b"));
         assert_eq!(e.get(vars::NEXT_ENTRY), Some("passive"));
@@ -259,12 +276,30 @@ mod tests {
 
     #[test]
     fn resolves_modes_to_slots() {
-        let state = BootState { active_slot: Slot::B, next_entry: None };
+        let state = BootState {
+            active_slot: Slot::B,
+            next_entry: None,
+        };
         let t = resolve_target(&BootRequest::default(), &state);
-        assert_eq!((t.mode, t.slot, t.image.as_str()), (Mode::Active, Some(Slot::B), "/cOS/b.img"));
-        let t = resolve_target(&BootRequest { mode: Some(Mode::Passive), ..Default::default() }, &state);
+        assert_eq!(
+            (t.mode, t.slot, t.image.as_str()),
+            (Mode::Active, Some(Slot::B), "/cOS/b.img")
+        );
+        let t = resolve_target(
+            &BootRequest {
+                mode: Some(Mode::Passive),
+                ..Default::default()
+            },
+            &state,
+        );
         assert_eq!((t.slot, t.image.as_str()), (Some(Slot::A), "/cOS/a.img"));
-        let t = resolve_target(&BootRequest { mode: Some(Mode::Recovery), ..Default::default() }, &state);
+        let t = resolve_target(
+            &BootRequest {
+                mode: Some(Mode::Recovery),
+                ..Default::default()
+            },
+            &state,
+        );
         assert_eq!((t.slot, t.image.as_str()), (None, RECOVERY_IMAGE));
     }
 
@@ -277,17 +312,38 @@ mod tests {
             image: Some("/cOS/custom.img".into()),
         };
         let t = resolve_target(&req, &state);
-        assert_eq!((t.mode, t.slot, t.image.as_str()), (Mode::Active, Some(Slot::B), "/cOS/custom.img"));
+        assert_eq!(
+            (t.mode, t.slot, t.image.as_str()),
+            (Mode::Active, Some(Slot::B), "/cOS/custom.img")
+        );
     }
 
     #[test]
     fn infers_mode_from_cos_image_names() {
         let state = BootState::default();
-        let img = |p: &str| BootRequest { image: Some(p.into()), ..Default::default() };
-        assert_eq!(resolve_target(&img("/cOS/recovery.squashfs"), &state).mode, Mode::Recovery);
-        assert_eq!(resolve_target(&img("/cOS/passive.img"), &state).mode, Mode::Passive);
-        assert_eq!(resolve_target(&img("/cOS/active.img"), &state).mode, Mode::Active);
-        assert_eq!(resolve_target(&img("/cOS/b.img"), &state).mode, Mode::Passive);
-        assert_eq!(resolve_target(&img("/cOS/a.img"), &state).slot, Some(Slot::A));
+        let img = |p: &str| BootRequest {
+            image: Some(p.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_target(&img("/cOS/recovery.squashfs"), &state).mode,
+            Mode::Recovery
+        );
+        assert_eq!(
+            resolve_target(&img("/cOS/passive.img"), &state).mode,
+            Mode::Passive
+        );
+        assert_eq!(
+            resolve_target(&img("/cOS/active.img"), &state).mode,
+            Mode::Active
+        );
+        assert_eq!(
+            resolve_target(&img("/cOS/b.img"), &state).mode,
+            Mode::Passive
+        );
+        assert_eq!(
+            resolve_target(&img("/cOS/a.img"), &state).slot,
+            Some(Slot::A)
+        );
     }
 }

@@ -7,10 +7,19 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "immuboot", version, about = "Inspect and steer an immuboot system's boot")]
+#[command(
+    name = "immuboot",
+    version,
+    about = "Inspect and steer an immuboot system's boot"
+)]
 struct Cli {
     /// Where the init left its boot facts (boot.json).
-    #[arg(long, global = true, default_value = "/run/immuboot", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/immuboot",
+        value_name = "DIR"
+    )]
     facts_dir: PathBuf,
     /// Mount point of COS_STATE (default: as recorded by the init, else
     /// /run/initramfs/cos-state). A plain directory works for testing.
@@ -96,7 +105,12 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let s = |v: Option<&Value>, k: &str| v.and_then(|v| v.get(k)).and_then(Value::as_str).unwrap_or("-").to_string();
+    let s = |v: Option<&Value>, k: &str| {
+        v.and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string()
+    };
     match facts {
         Some(f) => {
             let target = f.get("target");
@@ -107,8 +121,15 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
                 s(target, "image"),
                 os_release_field("IMAGE_VERSION").unwrap_or_else(|| "-".into())
             );
-            println!("image from:   {} {}", s(Some(f), "image_partition"), s(Some(f), "image_device"));
-            let persistence = f.get("persistence").and_then(Value::as_bool).unwrap_or(false);
+            println!(
+                "image from:   {} {}",
+                s(Some(f), "image_partition"),
+                s(Some(f), "image_device")
+            );
+            let persistence = f
+                .get("persistence")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             println!(
                 "persistence:  {}",
                 if persistence {
@@ -122,18 +143,31 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
             let ms: u64 = f
                 .get("steps")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.get("ms").and_then(Value::as_u64)).sum())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.get("ms").and_then(Value::as_u64))
+                        .sum()
+                })
                 .unwrap_or(0);
             println!(
                 "init:         {} ms in the initramfs, switched root at {:.2} s",
                 ms,
-                f.get("uptime_switch_s").and_then(Value::as_f64).unwrap_or(0.0)
+                f.get("uptime_switch_s")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
             );
-            for w in f.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+            for w in f
+                .get("warnings")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 println!("warning:      {}", w.as_str().unwrap_or_default());
             }
         }
-        None => println!("booted:       unknown (no boot facts in /run/immuboot: not booted by immuboot?)"),
+        None => println!(
+            "booted:       unknown (no boot facts in /run/immuboot: not booted by immuboot?)"
+        ),
     }
     match env {
         Ok(_) => {

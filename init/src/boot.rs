@@ -7,9 +7,9 @@ use crate::cmdline;
 use crate::config::InitConfig;
 use crate::fatal::{fatal, FatalPolicy};
 use crate::{logger, switch_root};
-use immuboot_kmod as modules;
 use anyhow::{bail, Context, Result};
 use immuboot_assess::{grubenv, resolve_target, BootState, BootTarget, Mode, GRUBENV_PATH};
+use immuboot_kmod as modules;
 use immuboot_mount::exec::{execute, Outcome, Status};
 use immuboot_mount::layout::{self, Layout};
 use immuboot_mount::plan::{self, FstabEntry, PlanInputs};
@@ -81,7 +81,14 @@ impl InitSyscall {
 }
 
 impl Syscall for InitSyscall {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: plan::MountFlags, data: &str) -> std::io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: plan::MountFlags,
+        data: &str,
+    ) -> std::io::Result<()> {
         self.need_module(fstype);
         self.linux.mount(source, target, fstype, flags, data)
     }
@@ -117,7 +124,10 @@ impl Boot {
             Ok(v) => {
                 let ms = start.elapsed().as_millis();
                 log::info!("step '{name}' done in {ms} ms");
-                self.facts.steps.push(StepTiming { name: name.into(), ms });
+                self.facts.steps.push(StepTiming {
+                    name: name.into(),
+                    ms,
+                });
                 v
             }
             Err(e) => fatal(name, &e, &self.fatal),
@@ -133,16 +143,28 @@ impl Boot {
 /// The whole boot. Never returns: it execs systemd or reboots.
 pub fn run() -> ! {
     let mut b = Boot {
-        facts: BootFacts { init_version: env!("CARGO_PKG_VERSION"), uptime_start_s: uptime(), ..Default::default() },
+        facts: BootFacts {
+            init_version: env!("CARGO_PKG_VERSION"),
+            uptime_start_s: uptime(),
+            ..Default::default()
+        },
         fatal: FatalPolicy::default(),
-        sys: InitSyscall { linux: LinuxSyscall, modules: RefCell::new(None) },
+        sys: InitSyscall {
+            linux: LinuxSyscall,
+            modules: RefCell::new(None),
+        },
     };
     log::info!("immuboot init {} starting", env!("CARGO_PKG_VERSION"));
 
     let cfg = b.step("read kernel command line", |_| {
-        Ok(InitConfig::from_cmdline(&cmdline::read().context("cannot read /proc/cmdline")?))
+        Ok(InitConfig::from_cmdline(
+            &cmdline::read().context("cannot read /proc/cmdline")?,
+        ))
     });
-    b.fatal = FatalPolicy { reboot_delay: cfg.reboot_delay, shell: cfg.shell_on_failure };
+    b.fatal = FatalPolicy {
+        reboot_delay: cfg.reboot_delay,
+        shell: cfg.shell_on_failure,
+    };
     logger::set_debug(cfg.debug);
     for w in cfg.warnings.clone() {
         b.warn(format!("kernel command line: {w}"));
@@ -163,14 +185,26 @@ pub fn run() -> ! {
     let image_label = cfg.image_partition_label(mode).to_string();
     b.facts.image_partition = Some(image_label.clone());
 
-    let devices = b.step("find partitions", |b| find_partitions(b, &cfg, &image_label));
-    let find = |label: &str| probe::with_label(&devices, label).first().map(|d| (*d).clone());
+    let devices = b.step("find partitions", |b| {
+        find_partitions(b, &cfg, &image_label)
+    });
+    let find = |label: &str| {
+        probe::with_label(&devices, label)
+            .first()
+            .map(|d| (*d).clone())
+    };
     let image_dev = find(&image_label);
-    let state_dev = if mode == Mode::Recovery { find(&cfg.labels.state) } else { image_dev.clone() };
+    let state_dev = if mode == Mode::Recovery {
+        find(&cfg.labels.state)
+    } else {
+        image_dev.clone()
+    };
     b.facts.image_device = image_dev.as_ref().map(|d| d.path.clone());
     b.facts.state_device = state_dev.as_ref().map(|d| d.path.clone());
 
-    let target = b.step("select image", |b| select_image(b, &cfg, state_dev.as_ref()));
+    let target = b.step("select image", |b| {
+        select_image(b, &cfg, state_dev.as_ref())
+    });
     log::info!(
         "booting {} image {} (slot {})",
         target.mode,
@@ -180,7 +214,9 @@ pub fn run() -> ! {
     b.facts.target = Some(target.clone());
 
     let root_entry = b.step("mount image", |b| {
-        let dev = image_dev.as_ref().with_context(|| format!("no partition labelled {image_label}"))?;
+        let dev = image_dev
+            .as_ref()
+            .with_context(|| format!("no partition labelled {image_label}"))?;
         mount_image(b, dev, mode_policy.image_mount, &target)
     });
 
@@ -234,10 +270,14 @@ pub fn run() -> ! {
     });
 
     b.step("finish loading kernel modules", |b| Ok(finish_modules(b)));
-    b.step("write boot facts", |b| write_facts(b, &root_entry, &mounted));
+    b.step("write boot facts", |b| {
+        write_facts(b, &root_entry, &mounted)
+    });
     b.facts.uptime_switch_s = uptime();
     let init = cfg.init.clone();
-    b.step("switch root", |_| switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {}))
+    b.step("switch root", |_| {
+        switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {})
+    })
 }
 
 fn fstype(dev: Option<&BlockDevice>) -> &str {
@@ -248,7 +288,9 @@ fn fstype(dev: Option<&BlockDevice>) -> &str {
 /// the background; mounts wait for the module of their file system.
 fn start_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
     let mut list = match std::fs::read_to_string(MODULE_LIST) {
-        Ok(text) => modules::ModuleList::parse(&text).with_context(|| format!("in {MODULE_LIST}"))?,
+        Ok(text) => {
+            modules::ModuleList::parse(&text).with_context(|| format!("in {MODULE_LIST}"))?
+        }
         Err(_) => modules::ModuleList::default(),
     };
     list.always.extend(cfg.extra_modules.iter().cloned());
@@ -263,7 +305,9 @@ fn start_modules(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
 /// Waits for the modules still loading (storage drivers probing their
 /// hardware) so no load is in flight at switch_root; reports failures.
 fn finish_modules(b: &mut Boot) {
-    let Some(mut loader) = b.sys.modules.borrow_mut().take() else { return };
+    let Some(mut loader) = b.sys.modules.borrow_mut().take() else {
+        return;
+    };
     let report = loader.finish();
     log::info!("loaded {} kernel modules", report.loaded);
     let errors = report.errors.clone();
@@ -287,13 +331,23 @@ fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec
         if waited >= cfg.device_timeout {
             let seen: Vec<String> = devices
                 .iter()
-                .map(|d| format!("{} ({})", d.path.display(), d.label.as_deref().unwrap_or("no label")))
+                .map(|d| {
+                    format!(
+                        "{} ({})",
+                        d.path.display(),
+                        d.label.as_deref().unwrap_or("no label")
+                    )
+                })
                 .collect();
             bail!(
                 "no partition labelled {required} after {} s; block devices seen: {} \
                  (hint: is the disk driver in the initramfs? add immuboot.modules=DRIVER)",
                 cfg.device_timeout.as_secs(),
-                if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                if seen.is_empty() {
+                    "none".to_string()
+                } else {
+                    seen.join(", ")
+                }
             );
         }
         if waited >= next_notice {
@@ -307,7 +361,11 @@ fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec
         std::thread::sleep(Duration::from_millis(50));
     };
     let optional = [&cfg.labels.oem, &cfg.labels.persistent, &cfg.labels.state];
-    let missing = |devs: &[BlockDevice]| optional.iter().any(|l| probe::with_label(devs, l).is_empty());
+    let missing = |devs: &[BlockDevice]| {
+        optional
+            .iter()
+            .any(|l| probe::with_label(devs, l).is_empty())
+    };
     let devices = if missing(&devices) {
         std::thread::sleep(Duration::from_millis(200));
         probe::scan()
@@ -325,11 +383,20 @@ fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec
                 ));
             }
         }
-        log::debug!("{} label={:?} type={:?}", d.path.display(), d.label, d.fstype);
+        log::debug!(
+            "{} label={:?} type={:?}",
+            d.path.display(),
+            d.label,
+            d.fstype
+        );
     }
     let found: Vec<String> = devices
         .iter()
-        .filter_map(|d| d.label.as_ref().map(|l| format!("{l}={}", d.path.display())))
+        .filter_map(|d| {
+            d.label
+                .as_ref()
+                .map(|l| format!("{l}={}", d.path.display()))
+        })
         .collect();
     log::info!("partitions: {}", found.join(" "));
     Ok(devices)
@@ -337,7 +404,8 @@ fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec
 
 fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &str) -> Result<()> {
     let at = Path::new(at);
-    sys.mkdir_all(at).with_context(|| format!("cannot create {}", at.display()))?;
+    sys.mkdir_all(at)
+        .with_context(|| format!("cannot create {}", at.display()))?;
     sys.mount(
         &dev.path.display().to_string(),
         at,
@@ -345,11 +413,21 @@ fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &str) -> Result<()> {
         plan::MountFlags::RO,
         "",
     )
-    .with_context(|| format!("cannot mount {} read-only on {}", dev.path.display(), at.display()))
+    .with_context(|| {
+        format!(
+            "cannot mount {} read-only on {}",
+            dev.path.display(),
+            at.display()
+        )
+    })
 }
 
 /// Mounts COS_STATE read-only and reads the boot state from it.
-fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>) -> Result<BootTarget> {
+fn select_image(
+    b: &mut Boot,
+    cfg: &InitConfig,
+    state_dev: Option<&BlockDevice>,
+) -> Result<BootTarget> {
     let mut state = BootState::default();
     match state_dev {
         Some(dev) => {
@@ -377,15 +455,28 @@ fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>)
 
 /// Checks the image file, attaches it to a loop device and mounts it
 /// read-only on /sysroot.
-fn mount_image(b: &mut Boot, dev: &BlockDevice, mount_at: &str, target: &BootTarget) -> Result<FstabEntry> {
+fn mount_image(
+    b: &mut Boot,
+    dev: &BlockDevice,
+    mount_at: &str,
+    target: &BootTarget,
+) -> Result<FstabEntry> {
     if mount_at == RECOVERY_MOUNT {
         mount_ro(&b.sys, dev, RECOVERY_MOUNT)?;
     }
     let image = Path::new(mount_at).join(target.image.trim_start_matches('/'));
-    let where_ = format!("{} on {} ({})", target.image, dev.label.as_deref().unwrap_or("?"), dev.path.display());
+    let where_ = format!(
+        "{} on {} ({})",
+        target.image,
+        dev.label.as_deref().unwrap_or("?"),
+        dev.path.display()
+    );
     let meta = std::fs::metadata(&image).with_context(|| format!("image {where_} is missing"))?;
     if !meta.is_file() || meta.len() < 4096 {
-        bail!("image {where_} is not a squashfs file ({} bytes)", meta.len());
+        bail!(
+            "image {where_} is not a squashfs file ({} bytes)",
+            meta.len()
+        );
     }
     let mut magic = [0u8; 4];
     std::io::Read::read_exact(&mut std::fs::File::open(&image)?, &mut magic)
@@ -397,9 +488,19 @@ fn mount_image(b: &mut Boot, dev: &BlockDevice, mount_at: &str, target: &BootTar
     let loop_dev = immuboot_mount::loopdev::attach_read_only(&image)?;
     b.sys.mkdir_all(Path::new(SYSROOT))?;
     b.sys
-        .mount(&loop_dev.display().to_string(), Path::new(SYSROOT), "squashfs", plan::MountFlags::RO, "")
+        .mount(
+            &loop_dev.display().to_string(),
+            Path::new(SYSROOT),
+            "squashfs",
+            plan::MountFlags::RO,
+            "",
+        )
         .with_context(|| format!("cannot mount image {where_} from {}", loop_dev.display()))?;
-    log::info!("mounted {} ({}) read-only on {SYSROOT}", target.image, loop_dev.display());
+    log::info!(
+        "mounted {} ({}) read-only on {SYSROOT}",
+        target.image,
+        loop_dev.display()
+    );
     b.facts.loop_device = Some(loop_dev.clone());
     Ok(FstabEntry {
         source: loop_dev.display().to_string(),
@@ -419,7 +520,11 @@ fn read_layout(b: &mut Boot) -> Layout {
         }
         match layout::read(&full) {
             Ok(l) => {
-                log::info!("layout from {path}: ephemeral {:?}, persistent {:?}", l.ephemeral, l.persistent);
+                log::info!(
+                    "layout from {path}: ephemeral {:?}, persistent {:?}",
+                    l.ephemeral,
+                    l.persistent
+                );
                 b.facts.layout_source = path.into();
                 return l;
             }
@@ -440,7 +545,9 @@ fn report(b: &mut Boot, outcomes: &[Outcome]) {
     for o in outcomes {
         match &o.status {
             Status::Mounted => log::debug!("{}: mounted", o.path),
-            Status::FellBack { reason } => b.warn(format!("{}: {reason}; using tmpfs instead", o.path)),
+            Status::FellBack { reason } => {
+                b.warn(format!("{}: {reason}; using tmpfs instead", o.path))
+            }
             Status::Failed { reason } => b.warn(format!("{} unavailable: {reason}", o.path)),
         }
     }
@@ -477,18 +584,31 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
             let found = probe::with_label(&devices, label);
             Ok(found[0].clone())
         } else if spec.starts_with("/dev/") {
-            probe::probe(Path::new(&spec)).with_context(|| format!("root={spec}: no file system found"))
+            probe::probe(Path::new(&spec))
+                .with_context(|| format!("root={spec}: no file system found"))
         } else {
             bail!("rd.cos.disable needs root=LABEL=... or root=/dev/...; got root={spec:?}")
         }
     });
     b.step("mount root", |b| {
-        let flags = if cfg.root_read_write { plan::MountFlags::RW } else { plan::MountFlags::RO };
+        let flags = if cfg.root_read_write {
+            plan::MountFlags::RW
+        } else {
+            plan::MountFlags::RO
+        };
         b.sys.mkdir_all(Path::new(SYSROOT))?;
         b.sys
-            .mount(&dev.path.display().to_string(), Path::new(SYSROOT), fstype(Some(&dev)), flags, "")
+            .mount(
+                &dev.path.display().to_string(),
+                Path::new(SYSROOT),
+                fstype(Some(&dev)),
+                flags,
+                "",
+            )
             .with_context(|| format!("cannot mount {}", dev.path.display()))
     });
     let init = cfg.init.clone();
-    b.step("switch root", |_| switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {}))
+    b.step("switch root", |_| {
+        switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {})
+    })
 }

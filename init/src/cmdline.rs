@@ -28,7 +28,12 @@ fn is_space(c: char) -> bool {
 fn token(input: &str) -> IResult<&str, String> {
     map(
         many1(alt((
-            preceded(char('"'), map((opt(is_not("\"")), opt(char('"'))), |(s, _)| s.unwrap_or(""))),
+            preceded(
+                char('"'),
+                map((opt(is_not("\"")), opt(char('"'))), |(s, _)| {
+                    s.unwrap_or("")
+                }),
+            ),
             take_while1(|c: char| !is_space(c) && c != '"'),
         ))),
         |parts: Vec<&str>| parts.concat(),
@@ -46,7 +51,9 @@ impl Cmdline {
         let mut rest = text;
         let mut after_dashes = false;
         loop {
-            let Ok((r, tok)) = delimited(spaces, token, spaces).parse(rest) else { break };
+            let Ok((r, tok)) = delimited(spaces, token, spaces).parse(rest) else {
+                break;
+            };
             rest = r;
             if after_dashes {
                 out.init_args.push(tok);
@@ -99,14 +106,26 @@ mod tests {
         let c = Cmdline::parse("BOOT_IMAGE=(loop0)/boot/vmlinuz ro  quiet\tpanic=5\n");
         assert_eq!(
             c.params,
-            vec![p("BOOT_IMAGE", Some("(loop0)/boot/vmlinuz")), p("ro", None), p("quiet", None), p("panic", Some("5"))]
+            vec![
+                p("BOOT_IMAGE", Some("(loop0)/boot/vmlinuz")),
+                p("ro", None),
+                p("quiet", None),
+                p("panic", Some("5"))
+            ]
         );
     }
 
     #[test]
     fn quotes_group_spaces_and_are_removed() {
         let c = Cmdline::parse(r#"a="x y" "b=c d" e=f"g h"i"#);
-        assert_eq!(c.params, vec![p("a", Some("x y")), p("b", Some("c d")), p("e", Some("fg hi"))]);
+        assert_eq!(
+            c.params,
+            vec![
+                p("a", Some("x y")),
+                p("b", Some("c d")),
+                p("e", Some("fg hi"))
+            ]
+        );
     }
 
     #[test]
@@ -131,7 +150,8 @@ mod tests {
 
     #[test]
     fn last_value_wins_and_flags() {
-        let c = Cmdline::parse("immuboot.mode=active immuboot.mode=passive rd.cos.disable x=0 y=yes");
+        let c =
+            Cmdline::parse("immuboot.mode=active immuboot.mode=passive rd.cos.disable x=0 y=yes");
         assert_eq!(c.value("immuboot.mode"), Some("passive"));
         assert!(c.flag("rd.cos.disable"));
         assert!(!c.flag("x"));

@@ -68,7 +68,10 @@ fn seconds(c: &Cmdline, name: &str, default: Duration, warnings: &mut Vec<String
         Some(v) => match v.parse::<u64>() {
             Ok(s) => Duration::from_secs(s),
             Err(_) => {
-                warnings.push(format!("{name}={v}: not a number of seconds; using {}", default.as_secs()));
+                warnings.push(format!(
+                    "{name}={v}: not a number of seconds; using {}",
+                    default.as_secs()
+                ));
                 default
             }
         },
@@ -83,20 +86,30 @@ impl InitConfig {
         if let Some(v) = c.value("immuboot.mode") {
             match v.parse::<Mode>() {
                 Ok(m) => cfg.request.mode = Some(m),
-                Err(e) => w.push(format!("immuboot.mode: {e:#}; choosing from the boot state")),
+                Err(e) => w.push(format!(
+                    "immuboot.mode: {e:#}; choosing from the boot state"
+                )),
             }
         }
         if let Some(v) = c.value("immuboot.slot") {
             match v.parse() {
                 Ok(s) => cfg.request.slot = Some(s),
-                Err(e) => w.push(format!("immuboot.slot: {e:#}; choosing from the boot state")),
+                Err(e) => w.push(format!(
+                    "immuboot.slot: {e:#}; choosing from the boot state"
+                )),
             }
         }
         cfg.request.image = c
             .value("immuboot.image")
             .or_else(|| c.value("cos-img/filename"))
             .filter(|v| !v.is_empty())
-            .map(|v| if v.starts_with('/') { v.to_string() } else { format!("/{v}") });
+            .map(|v| {
+                if v.starts_with('/') {
+                    v.to_string()
+                } else {
+                    format!("/{v}")
+                }
+            });
 
         let label = |names: &[&str], default: &str| {
             names
@@ -111,7 +124,11 @@ impl InitConfig {
         cfg.labels.persistent = label(&["immuboot.persistent_label"], &cfg.labels.persistent);
 
         cfg.root_spec = c.value("root").map(str::to_string);
-        if let Some(label) = cfg.root_spec.as_deref().and_then(|r| r.strip_prefix("LABEL=")) {
+        if let Some(label) = cfg
+            .root_spec
+            .as_deref()
+            .and_then(|r| r.strip_prefix("LABEL="))
+        {
             cfg.image_label = Some(label.to_string());
             if cfg.request.mode.is_none() && label == cfg.labels.recovery {
                 cfg.request.mode = Some(Mode::Recovery);
@@ -123,7 +140,8 @@ impl InitConfig {
         cfg.reboot_delay = seconds(c, "immuboot.reboot_delay", cfg.reboot_delay, w);
         for name in ["rd.driver.pre", "immuboot.modules"] {
             if let Some(v) = c.value(name) {
-                cfg.extra_modules.extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
+                cfg.extra_modules
+                    .extend(v.split(',').filter(|m| !m.is_empty()).map(str::to_string));
             }
         }
         cfg.shell_on_failure = c.flag("immuboot.shell");
@@ -169,7 +187,9 @@ mod tests {
 
     #[test]
     fn cos_forms() {
-        let c = cfg("root=LABEL=COS_RECOVERY cos-img/filename=/cOS/recovery.img rd.cos.oemlabel=MY_OEM");
+        let c = cfg(
+            "root=LABEL=COS_RECOVERY cos-img/filename=/cOS/recovery.img rd.cos.oemlabel=MY_OEM",
+        );
         assert_eq!(c.request.mode, Some(Mode::Recovery));
         assert_eq!(c.request.image.as_deref(), Some("/cOS/recovery.img"));
         assert_eq!(c.labels.oem, "MY_OEM");
@@ -198,7 +218,8 @@ mod tests {
 
     #[test]
     fn label_overrides_and_init() {
-        let c = cfg("immuboot.state_label=S immuboot.persistent_label=P init=/usr/lib/systemd/systemd");
+        let c =
+            cfg("immuboot.state_label=S immuboot.persistent_label=P init=/usr/lib/systemd/systemd");
         assert_eq!(c.labels.state, "S");
         assert_eq!(c.labels.persistent, "P");
         assert_eq!(c.init, "/usr/lib/systemd/systemd");

@@ -12,7 +12,10 @@ pub struct FatalPolicy {
 
 impl Default for FatalPolicy {
     fn default() -> Self {
-        FatalPolicy { reboot_delay: Duration::from_secs(10), shell: false }
+        FatalPolicy {
+            reboot_delay: Duration::from_secs(10),
+            shell: false,
+        }
     }
 }
 
@@ -26,7 +29,10 @@ pub fn fatal_line(step: &str, error: &str, delay: Duration) -> String {
 }
 
 pub fn fatal(step: &str, error: &anyhow::Error, policy: &FatalPolicy) -> ! {
-    log::error!("{}", fatal_line(step, &format!("{error:#}"), policy.reboot_delay));
+    log::error!(
+        "{}",
+        fatal_line(step, &format!("{error:#}"), policy.reboot_delay)
+    );
     if policy.shell {
         emergency_shell();
     }
@@ -42,14 +48,24 @@ fn emergency_shell() {
         if !full.exists() {
             continue;
         }
-        log::error!("starting an emergency shell ({}); exit it to reboot", full.display());
+        log::error!(
+            "starting an emergency shell ({}); exit it to reboot",
+            full.display()
+        );
         let status = if root == "/" {
             Command::new(shell).status()
         } else {
-            Command::new("/usr/sbin/chroot").arg(root).arg(shell).status().or_else(|_| {
-                // No chroot binary in the initramfs: use the root's own.
-                Command::new(std::path::Path::new(root).join("usr/sbin/chroot")).arg(root).arg(shell).status()
-            })
+            Command::new("/usr/sbin/chroot")
+                .arg(root)
+                .arg(shell)
+                .status()
+                .or_else(|_| {
+                    // No chroot binary in the initramfs: use the root's own.
+                    Command::new(std::path::Path::new(root).join("usr/sbin/chroot"))
+                        .arg(root)
+                        .arg(shell)
+                        .status()
+                })
         };
         if status.is_ok() {
             return;
@@ -74,7 +90,11 @@ mod tests {
 
     #[test]
     fn line_names_step_error_and_delay() {
-        let l = fatal_line("mount image", "image /cOS/a.img not found", Duration::from_secs(10));
+        let l = fatal_line(
+            "mount image",
+            "image /cOS/a.img not found",
+            Duration::from_secs(10),
+        );
         assert!(l.starts_with("FATAL in step 'mount image': image /cOS/a.img not found"));
         assert!(l.contains("rebooting in 10 s"));
         assert!(!l.contains('\n'));

@@ -24,7 +24,11 @@ pub fn mount_api_filesystems() -> anyhow::Result<()> {
             Ok(()) => {}
             // Already mounted (e.g. devtmpfs by the kernel).
             Err(rustix::io::Errno::BUSY) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot mount {fstype} on {target}"))),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot mount {fstype} on {target}"))
+                )
+            }
         }
     }
     Ok(())

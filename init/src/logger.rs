@@ -12,7 +12,9 @@ pub struct KmsgLogger {
     kmsg: Mutex<Option<File>>,
 }
 
-static LOGGER: KmsgLogger = KmsgLogger { kmsg: Mutex::new(None) };
+static LOGGER: KmsgLogger = KmsgLogger {
+    kmsg: Mutex::new(None),
+};
 
 /// Syslog priority used in the kmsg record. Debug lines are only logged
 /// when `immuboot.debug` asks for them, and then shown like info lines (the
@@ -28,7 +30,11 @@ pub fn priority(level: Level) -> u8 {
 /// One kmsg record: `<prio>immuboot: message`, on one line.
 pub fn format_record(level: Level, message: &str) -> String {
     let tag = if level >= Level::Debug { "debug: " } else { "" };
-    format!("<{}>immuboot: {tag}{}\n", priority(level), message.replace('\n', " | "))
+    format!(
+        "<{}>immuboot: {tag}{}\n",
+        priority(level),
+        message.replace('\n', " | ")
+    )
 }
 
 pub fn install() {
@@ -47,7 +53,11 @@ pub fn attach_kmsg() {
 }
 
 pub fn set_debug(debug: bool) {
-    log::set_max_level(if debug { LevelFilter::Debug } else { LevelFilter::Info });
+    log::set_max_level(if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    });
 }
 
 impl Log for KmsgLogger {
@@ -64,7 +74,10 @@ impl Log for KmsgLogger {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let written = guard.as_mut().map(|f| f.write_all(line.as_bytes()).is_ok()).unwrap_or(false);
+        let written = guard
+            .as_mut()
+            .map(|f| f.write_all(line.as_bytes()).is_ok())
+            .unwrap_or(false);
         if !written {
             // Strip the priority prefix for a human reading the console.
             let plain = line.split_once('>').map(|(_, rest)| rest).unwrap_or(&line);
@@ -81,7 +94,10 @@ mod tests {
 
     #[test]
     fn records_are_prefixed_single_lines() {
-        assert_eq!(format_record(Level::Error, "bad\nthing"), "<3>immuboot: bad | thing\n");
+        assert_eq!(
+            format_record(Level::Error, "bad\nthing"),
+            "<3>immuboot: bad | thing\n"
+        );
         assert_eq!(format_record(Level::Info, "ok"), "<6>immuboot: ok\n");
         assert_eq!(format_record(Level::Debug, "x"), "<6>immuboot: debug: x\n");
     }

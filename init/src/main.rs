@@ -11,13 +11,24 @@ fn main() {
     // A panic must not kill PID 1 (the kernel would panic without saying why
     // on most consoles): say what happened and reboot.
     std::panic::set_hook(Box::new(|info| {
-        log::error!("{}", fatal::fatal_line("internal error", &info.to_string(), std::time::Duration::from_secs(10)));
+        log::error!(
+            "{}",
+            fatal::fatal_line(
+                "internal error",
+                &info.to_string(),
+                std::time::Duration::from_secs(10)
+            )
+        );
         fatal::reboot_after(std::time::Duration::from_secs(10));
     }));
     let api = immuboot_init::mount_api_filesystems();
     logger::attach_kmsg();
     if let Err(e) = api {
-        fatal::fatal("mount /proc /sys /dev /run", &e, &fatal::FatalPolicy::default());
+        fatal::fatal(
+            "mount /proc /sys /dev /run",
+            &e,
+            &fatal::FatalPolicy::default(),
+        );
     }
     boot::run()
 }

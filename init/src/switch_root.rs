@@ -22,7 +22,8 @@ pub fn switch_root(new_root: &Path, init: &str) -> Result<Infallible> {
         rustix::mount::mount_move(api, &to)
             .with_context(|| format!("cannot move {api} to {}", to.display()))?;
     }
-    rustix::process::chdir(new_root).with_context(|| format!("cannot chdir to {}", new_root.display()))?;
+    rustix::process::chdir(new_root)
+        .with_context(|| format!("cannot chdir to {}", new_root.display()))?;
 
     // Free the initramfs' memory; never on a disk-backed root.
     let fs = statfs("/").context("statfs /")?;
@@ -45,7 +46,9 @@ pub fn switch_root(new_root: &Path, init: &str) -> Result<Infallible> {
 /// Deletes everything on the initramfs below `dir`, staying on its device and
 /// sparing `keep`. Errors are ignored: this only frees memory.
 fn remove_tree(dir: &Path, root_dev: Dev, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path == keep {

@@ -38,15 +38,22 @@ impl ModuleIndex {
     pub fn parse(modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
         let mut idx = ModuleIndex::default();
         for line in modules_dep.lines() {
-            let Some((path, deps)) = line.split_once(':') else { continue };
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
             let path = path.trim();
             if path.is_empty() {
                 continue;
             }
             let deps = deps.split_whitespace().map(str::to_string).collect();
-            idx.entries.insert(module_name(path), (path.to_string(), deps));
+            idx.entries
+                .insert(module_name(path), (path.to_string(), deps));
         }
-        idx.builtin = modules_builtin.lines().map(module_name).filter(|n| !n.is_empty()).collect();
+        idx.builtin = modules_builtin
+            .lines()
+            .map(module_name)
+            .filter(|n| !n.is_empty())
+            .collect();
         idx
     }
 
@@ -62,7 +69,9 @@ impl ModuleIndex {
         }
         for line in softdep.lines() {
             let mut f = line.split_whitespace();
-            let (Some("softdep"), Some(name)) = (f.next(), f.next()) else { continue };
+            let (Some("softdep"), Some(name)) = (f.next(), f.next()) else {
+                continue;
+            };
             let mut in_pre = false;
             for word in f {
                 match word {
@@ -73,7 +82,10 @@ impl ModuleIndex {
                             Some(mods) => mods.clone(),
                             None => vec![module_name(dep)],
                         };
-                        self.pre.entry(module_name(name)).or_default().extend(resolved);
+                        self.pre
+                            .entry(module_name(name))
+                            .or_default()
+                            .extend(resolved);
                     }
                     _ => {}
                 }
@@ -111,7 +123,10 @@ impl ModuleIndex {
             self.push_with_deps(path, deps, false, &mut seen, &mut order);
         }
         if !unknown.is_empty() {
-            bail!("not in modules.dep and not built in: {}", unknown.join(", "));
+            bail!(
+                "not in modules.dep and not built in: {}",
+                unknown.join(", ")
+            );
         }
         Ok(order)
     }
@@ -125,9 +140,17 @@ impl ModuleIndex {
         order: &mut Vec<Planned>,
     ) {
         // modules.dep lists all dependencies, deepest last.
-        for p in deps.iter().rev().map(String::as_str).chain(std::iter::once(path)) {
+        for p in deps
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .chain(std::iter::once(path))
+        {
             if seen.insert(p.to_string()) {
-                order.push(Planned { path: p.to_string(), optional });
+                order.push(Planned {
+                    path: p.to_string(),
+                    optional,
+                });
             }
         }
     }
@@ -137,14 +160,17 @@ impl ModuleIndex {
 pub fn decompress(path: &str, data: Vec<u8>) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() * 3);
     if path.ends_with(".xz") {
-        lzma_rs::xz_decompress(&mut data.as_slice(), &mut out).map_err(|e| anyhow::anyhow!("xz: {e:?}"))?;
+        lzma_rs::xz_decompress(&mut data.as_slice(), &mut out)
+            .map_err(|e| anyhow::anyhow!("xz: {e:?}"))?;
     } else if path.ends_with(".zst") {
         ruzstd::decoding::StreamingDecoder::new(data.as_slice())
             .map_err(|e| anyhow::anyhow!("zstd: {e}"))?
             .read_to_end(&mut out)
             .context("zstd")?;
     } else if path.ends_with(".gz") {
-        flate2::read::GzDecoder::new(data.as_slice()).read_to_end(&mut out).context("gzip")?;
+        flate2::read::GzDecoder::new(data.as_slice())
+            .read_to_end(&mut out)
+            .context("gzip")?;
     } else {
         return Ok(data);
     }
@@ -254,7 +280,9 @@ impl AliasIndex {
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 match (f.next(), f.next(), f.next()) {
-                    (Some("alias"), Some(pattern), Some(module)) => Some((pattern.to_string(), module_name(module))),
+                    (Some("alias"), Some(pattern), Some(module)) => {
+                        Some((pattern.to_string(), module_name(module)))
+                    }
                     _ => None,
                 }
             })
@@ -276,7 +304,11 @@ impl AliasIndex {
 pub fn present_modaliases(sys_bus: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for bus in std::fs::read_dir(sys_bus).into_iter().flatten().flatten() {
-        for dev in std::fs::read_dir(bus.path().join("devices")).into_iter().flatten().flatten() {
+        for dev in std::fs::read_dir(bus.path().join("devices"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(alias) = std::fs::read_to_string(dev.path().join("modalias")) {
                 let alias = alias.trim();
                 if !alias.is_empty() {
@@ -310,7 +342,10 @@ impl ModuleList {
                 "" => {}
                 "[always]" => hardware = false,
                 "[hardware]" => hardware = true,
-                l if l.starts_with('[') => bail!("line {}: unknown section {l} (expected [always] or [hardware])", n + 1),
+                l if l.starts_with('[') => bail!(
+                    "line {}: unknown section {l} (expected [always] or [hardware])",
+                    n + 1
+                ),
                 l if hardware => list.hardware.push(l.to_string()),
                 l => list.always.push(l.to_string()),
             }
@@ -323,7 +358,11 @@ impl ModuleList {
     }
 
     pub fn render(&self) -> String {
-        format!("[always]\n{}\n[hardware]\n{}\n", self.always.join("\n"), self.hardware.join("\n"))
+        format!(
+            "[always]\n{}\n[hardware]\n{}\n",
+            self.always.join("\n"),
+            self.hardware.join("\n")
+        )
     }
 }
 
@@ -333,14 +372,16 @@ pub fn read_index(dir: &Path) -> Result<ModuleIndex> {
     let dep = std::fs::read_to_string(dir.join("modules.dep"))
         .with_context(|| format!("cannot read {}/modules.dep", dir.display()))?;
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    Ok(ModuleIndex::parse(&dep, &read("modules.builtin")).with_softdeps(&read("modules.softdep"), &read("modules.alias")))
+    Ok(ModuleIndex::parse(&dep, &read("modules.builtin"))
+        .with_softdeps(&read("modules.softdep"), &read("modules.alias")))
 }
 
 /// Loads one module file; `Ok(false)` if it was loaded already.
 fn load_file(dir: &Path, rel: &str) -> Result<bool> {
     let path = dir.join(rel);
     let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let image = decompress(rel, data).with_context(|| format!("cannot decompress {}", path.display()))?;
+    let image =
+        decompress(rel, data).with_context(|| format!("cannot decompress {}", path.display()))?;
     match nix::kmod::init_module(&image, c"") {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::EEXIST) => Ok(false),
@@ -379,7 +420,12 @@ fn load_chain(dir: &Path, order: &[Planned], report: &mut Report) {
 /// (an AHCI controller resetting its ports) does not hold up another driver;
 /// whenever a load finishes the devices are scanned again, since loading can
 /// make new devices appear (a PCI virtio controller brings virtio devices).
-fn coldplug(dir: &Path, index: &std::sync::Arc<ModuleIndex>, aliases: &AliasIndex, hardware: &[String]) -> Report {
+fn coldplug(
+    dir: &Path,
+    index: &std::sync::Arc<ModuleIndex>,
+    aliases: &AliasIndex,
+    hardware: &[String],
+) -> Report {
     let mut report = Report::default();
     let mut tried: HashSet<String> = HashSet::new();
     let mut running: Vec<std::thread::JoinHandle<Report>> = Vec::new();
@@ -410,7 +456,8 @@ fn coldplug(dir: &Path, index: &std::sync::Arc<ModuleIndex>, aliases: &AliasInde
         while !running.iter().any(|h| h.is_finished()) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let (finished, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|h| h.is_finished());
+        let (finished, still): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|h| h.is_finished());
         running = still;
         for h in finished {
             match h.join() {
@@ -441,11 +488,16 @@ const COLDPLUG: &str = "(hardware)";
 impl Loader {
     pub fn start(dir: &Path, list: &ModuleList) -> Result<Loader> {
         let index = std::sync::Arc::new(read_index(dir)?);
-        let mut loader = Loader { pending: Vec::new(), done: Report::default() };
+        let mut loader = Loader {
+            pending: Vec::new(),
+            done: Report::default(),
+        };
         if !list.hardware.is_empty() {
             let alias_text = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
             let (dir, index, hardware) = (dir.to_path_buf(), index.clone(), list.hardware.clone());
-            let handle = std::thread::spawn(move || coldplug(&dir, &index, &AliasIndex::parse(&alias_text), &hardware));
+            let handle = std::thread::spawn(move || {
+                coldplug(&dir, &index, &AliasIndex::parse(&alias_text), &hardware)
+            });
             loader.pending.push((COLDPLUG.into(), handle));
         }
         for name in &list.always {
@@ -468,7 +520,9 @@ impl Loader {
     }
 
     fn join(&mut self, keep: impl Fn(&str) -> bool) {
-        let (wait, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|(n, _)| !keep(n));
+        let (wait, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(n, _)| !keep(n));
         self.pending = rest;
         for (name, handle) in wait {
             match handle.join() {
@@ -476,7 +530,10 @@ impl Loader {
                     self.done.loaded += r.loaded;
                     self.done.errors.extend(r.errors);
                 }
-                Err(_) => self.done.errors.push(format!("loading {name}: thread failed")),
+                Err(_) => self
+                    .done
+                    .errors
+                    .push(format!("loading {name}: thread failed")),
             }
         }
     }
@@ -519,7 +576,10 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
 
     #[test]
     fn names() {
-        assert_eq!(module_name("kernel/crypto/crc32c-generic.ko.zst"), "crc32c_generic");
+        assert_eq!(
+            module_name("kernel/crypto/crc32c-generic.ko.zst"),
+            "crc32c_generic"
+        );
         assert_eq!(module_name("virtio-blk"), "virtio_blk");
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko"), "ext4");
     }
@@ -528,7 +588,12 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
     fn dependencies_come_first_once() {
         let idx = ModuleIndex::parse(DEP, "kernel/fs/overlayfs/overlay.ko\n");
         let order: Vec<String> = idx
-            .load_order(&["ext4".into(), "jbd2".into(), "virtio-blk".into(), "overlay".into()])
+            .load_order(&[
+                "ext4".into(),
+                "jbd2".into(),
+                "virtio-blk".into(),
+                "overlay".into(),
+            ])
             .unwrap()
             .into_iter()
             .map(|p| p.path)
@@ -555,17 +620,29 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
         );
         let order = idx.load_order(&["ext4".into()]).unwrap();
         // crc32c_intel is not in this modules.dep: skipped.
-        assert_eq!(order[0], Planned { path: "kernel/crypto/crc32c_generic.ko.xz".into(), optional: true });
+        assert_eq!(
+            order[0],
+            Planned {
+                path: "kernel/crypto/crc32c_generic.ko.xz".into(),
+                optional: true
+            }
+        );
         assert_eq!(order.last().unwrap().path, "kernel/fs/ext4/ext4.ko.xz");
         assert!(!order.last().unwrap().optional);
     }
 
     #[test]
     fn fnmatch_handles_modalias_patterns() {
-        assert!(fnmatch("pci:v00001AF4d*sv*sd*bc*sc*i*", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"));
+        assert!(fnmatch(
+            "pci:v00001AF4d*sv*sd*bc*sc*i*",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"
+        ));
         assert!(fnmatch("virtio:d00000002v*", "virtio:d00000002v00001AF4"));
         assert!(!fnmatch("virtio:d00000002v*", "virtio:d00000001v00001AF4"));
-        assert!(fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"));
+        assert!(fnmatch(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
         assert!(fnmatch("a?c", "abc") && !fnmatch("a?c", "ac"));
         assert!(fnmatch("x[0-9]y", "x5y") && !fnmatch("x[0-9]y", "xay"));
         assert!(fnmatch("x[!0-9]y", "xay") && !fnmatch("x[!0-9]y", "x5y"));
@@ -583,7 +660,8 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
 
     #[test]
     fn module_list_sections() {
-        let l = ModuleList::parse("ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[always]\noverlay\n").unwrap();
+        let l = ModuleList::parse("ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[always]\noverlay\n")
+            .unwrap();
         assert_eq!(l.always, ["ext4", "loop", "overlay"]);
         assert_eq!(l.hardware, ["virtio_pci"]);
         assert_eq!(ModuleList::parse(&l.render()).unwrap(), l);
@@ -593,7 +671,10 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
     #[test]
     fn unknown_modules_are_named() {
         let idx = ModuleIndex::parse(DEP, "");
-        let err = idx.load_order(&["ext4".into(), "nosuch".into()]).unwrap_err().to_string();
+        let err = idx
+            .load_order(&["ext4".into(), "nosuch".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nosuch"), "{err}");
     }
 
@@ -603,11 +684,17 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
         let mut xz = Vec::new();
         lzma_rs::xz_compress(&mut payload.as_slice(), &mut xz).unwrap();
         assert_eq!(decompress("a.ko.xz", xz).unwrap(), payload);
-        let zst = ruzstd::encoding::compress_to_vec(payload.as_slice(), ruzstd::encoding::CompressionLevel::Fastest);
+        let zst = ruzstd::encoding::compress_to_vec(
+            payload.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         assert_eq!(decompress("a.ko.zst", zst).unwrap(), payload);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &payload).unwrap();
-        assert_eq!(decompress("a.ko.gz", gz.finish().unwrap()).unwrap(), payload);
+        assert_eq!(
+            decompress("a.ko.gz", gz.finish().unwrap()).unwrap(),
+            payload
+        );
         assert_eq!(decompress("a.ko", payload.clone()).unwrap(), payload);
         assert!(decompress("a.ko.xz", b"garbage".to_vec()).is_err());
     }

@@ -59,7 +59,10 @@ mod tests {
         assert_eq!(fs::read(base.join("dst/sub/file")).unwrap(), b"data");
         let mode = fs::metadata(base.join("dst/sub/file")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o640);
-        assert_eq!(fs::read_link(base.join("dst/link")).unwrap(), Path::new("sub/file"));
+        assert_eq!(
+            fs::read_link(base.join("dst/link")).unwrap(),
+            Path::new("sub/file")
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 }

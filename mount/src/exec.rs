@@ -12,8 +12,12 @@ use std::path::PathBuf;
 pub enum Status {
     Mounted,
     /// The primary ops failed and the fallback (e.g. tmpfs) was used.
-    FellBack { reason: String },
-    Failed { reason: String },
+    FellBack {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,10 +36,16 @@ pub fn execute(sys: &dyn Syscall, plan: &[PlannedMount]) -> Vec<Outcome> {
                 Err(reason) if m.fallback.is_empty() => Status::Failed { reason },
                 Err(reason) => match run_ops(sys, &m.fallback) {
                     Ok(()) => Status::FellBack { reason },
-                    Err(second) => Status::Failed { reason: format!("{reason}; fallback failed too: {second}") },
+                    Err(second) => Status::Failed {
+                        reason: format!("{reason}; fallback failed too: {second}"),
+                    },
                 },
             };
-            Outcome { path: m.path.clone(), kind: m.kind, status }
+            Outcome {
+                path: m.path.clone(),
+                kind: m.kind,
+                status,
+            }
         })
         .collect()
 }
@@ -49,9 +59,9 @@ fn run_ops(sys: &dyn Syscall, ops: &[Op]) -> Result<(), String> {
 
 fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), String> {
     match op {
-        Op::MkdirAll(path) => {
-            sys.mkdir_all(path).map_err(|e| format!("cannot create directory {}: {e}", path.display()))
-        }
+        Op::MkdirAll(path) => sys
+            .mkdir_all(path)
+            .map_err(|e| format!("cannot create directory {}: {e}", path.display())),
         Op::Mountpoint(path) => {
             if sys.exists(path) {
                 return Ok(());
@@ -68,18 +78,37 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), String> {
                 }
             })
         }
-        Op::Mount { source, target, fstype, flags, data } => sys
+        Op::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => sys
             .mount(source, target, fstype, *flags, data)
-            .map_err(|e| format!("cannot mount {fstype} {source} on {}: {e}", target.display())),
-        Op::Bind { source, target } => sys
-            .bind(source, target)
-            .map_err(|e| format!("cannot bind-mount {} on {}: {e}", source.display(), target.display())),
+            .map_err(|e| {
+                format!(
+                    "cannot mount {fstype} {source} on {}: {e}",
+                    target.display()
+                )
+            }),
+        Op::Bind { source, target } => sys.bind(source, target).map_err(|e| {
+            format!(
+                "cannot bind-mount {} on {}: {e}",
+                source.display(),
+                target.display()
+            )
+        }),
         Op::SeedIfMissing { from, to } => {
             if sys.exists(to) {
                 return Ok(());
             }
             seed(sys, from, to).map_err(|e| {
-                format!("cannot prepare persistent copy {} of {}: {e}", to.display(), from.display())
+                format!(
+                    "cannot prepare persistent copy {} of {}: {e}",
+                    to.display(),
+                    from.display()
+                )
             })
         }
     }
@@ -126,7 +155,9 @@ mod tests {
 
     fn image(paths: &[&str]) -> RecordingSyscall {
         let sys = RecordingSyscall::default();
-        sys.existing.borrow_mut().extend(paths.iter().map(PathBuf::from));
+        sys.existing
+            .borrow_mut()
+            .extend(paths.iter().map(PathBuf::from));
         sys
     }
 
@@ -139,7 +170,9 @@ mod tests {
         let mounts: Vec<String> = calls
             .iter()
             .filter_map(|c| match c {
-                Call::Mount { fstype, target, .. } => Some(format!("{fstype} {}", target.display())),
+                Call::Mount { fstype, target, .. } => {
+                    Some(format!("{fstype} {}", target.display()))
+                }
                 Call::Bind { target, .. } => Some(format!("bind {}", target.display())),
                 _ => None,
             })
@@ -173,16 +206,28 @@ mod tests {
             "/sysroot/usr/local/.state/root.bind",
         ]);
         execute(&sys, &plan(&["/root"], &[]));
-        assert!(!sys.calls.borrow().iter().any(|c| matches!(c, Call::CopyTree { .. })));
+        assert!(!sys
+            .calls
+            .borrow()
+            .iter()
+            .any(|c| matches!(c, Call::CopyTree { .. })));
     }
 
     #[test]
     fn one_failure_does_not_skip_the_rest() {
-        let mut sys = image(&["/sysroot/etc", "/sysroot/usr/local", "/sysroot/var", "/sysroot/root"]);
+        let mut sys = image(&[
+            "/sysroot/etc",
+            "/sysroot/usr/local",
+            "/sysroot/var",
+            "/sysroot/root",
+        ]);
         sys.failing.push(("/sysroot/var".into(), 19)); // ENODEV: no overlay support
         let out = execute(&sys, &plan(&["/root"], &["/var"]));
         let var = out.iter().find(|o| o.path == "/var").unwrap();
-        assert!(matches!(&var.status, Status::Failed { reason } if reason.contains("overlay")), "{var:?}");
+        assert!(
+            matches!(&var.status, Status::Failed { reason } if reason.contains("overlay")),
+            "{var:?}"
+        );
         let root = out.iter().find(|o| o.path == "/root").unwrap();
         assert_eq!(root.status, Status::Mounted);
     }
@@ -195,7 +240,10 @@ mod tests {
         let data = out.iter().find(|o| o.path == "/data").unwrap();
         match &data.status {
             Status::Failed { reason } => {
-                assert!(reason.contains("/sysroot/data") && reason.contains("hint"), "{reason}")
+                assert!(
+                    reason.contains("/sysroot/data") && reason.contains("hint"),
+                    "{reason}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -216,6 +264,9 @@ mod tests {
             data: String::new(),
         }];
         let out = execute(&sys, &[pm]);
-        assert!(matches!(&out[0].status, Status::FellBack { reason } if reason.contains("ext4")), "{out:?}");
+        assert!(
+            matches!(&out[0].status, Status::FellBack { reason } if reason.contains("ext4")),
+            "{out:?}"
+        );
     }
 }

@@ -105,7 +105,10 @@ pub fn state_name(path: &str) -> String {
 }
 
 fn is_within(path: &str, dir: &str) -> bool {
-    path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn check_path(path: &str) -> Result<()> {
@@ -121,7 +124,10 @@ fn check_path(path: &str) -> Result<()> {
     if path.split('/').any(|c| c == "." || c == "..") {
         bail!("must not contain . or ..");
     }
-    if path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',') {
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',')
+    {
         bail!("must not contain white space, control characters or commas");
     }
     for reserved in ["/proc", "/sys", "/dev", "/run"] {
@@ -172,13 +178,17 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_position() {
-        let err = Layout::parse("ephemeral: [/var\npersistent: /root\n").unwrap_err().to_string();
+        let err = Layout::parse("ephemeral: [/var\npersistent: /root\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = Layout::parse("persistant: [/root]").unwrap_err().to_string();
+        let err = Layout::parse("persistant: [/root]")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("persistant"), "{err}");
     }
 
@@ -206,7 +216,10 @@ mod tests {
 
     #[test]
     fn state_names_are_readable() {
-        assert_eq!(state_name("/var/lib/immuboot-demo"), "var-lib-immuboot-demo");
+        assert_eq!(
+            state_name("/var/lib/immuboot-demo"),
+            "var-lib-immuboot-demo"
+        );
         assert_eq!(state_name("/root"), "root");
     }
 
@@ -222,7 +235,10 @@ mod tests {
 
     #[test]
     fn read_names_the_file() {
-        let err = format!("{:#}", read(Path::new("/nonexistent/layout.yaml")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            read(Path::new("/nonexistent/layout.yaml")).unwrap_err()
+        );
         assert!(err.contains("/nonexistent/layout.yaml"), "{err}");
     }
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 /// The backing file is opened read-only, so the kernel makes the loop device
 /// read-only too.
 pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
-    let backing = File::open(image).with_context(|| format!("cannot open image {}", image.display()))?;
+    let backing =
+        File::open(image).with_context(|| format!("cannot open image {}", image.display()))?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
@@ -24,7 +25,8 @@ pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
         let loop_file = match OpenOptions::new().read(true).open(&dev) {
             Ok(f) => f,
             Err(e) => {
-                last_err = Some(anyhow::Error::new(e).context(format!("cannot open {}", dev.display())));
+                last_err =
+                    Some(anyhow::Error::new(e).context(format!("cannot open {}", dev.display())));
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 continue;
             }
@@ -33,8 +35,11 @@ pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
             Ok(()) => return Ok(dev),
             Err(nix::errno::Errno::EBUSY) => continue,
             Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("cannot attach {} to {}", image.display(), dev.display())))
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot attach {} to {}",
+                    image.display(),
+                    dev.display()
+                )))
             }
         }
     }

@@ -20,8 +20,16 @@ pub struct MountFlags {
 }
 
 impl MountFlags {
-    pub const RW: MountFlags = MountFlags { read_only: false, nosuid: false, nodev: false };
-    pub const RO: MountFlags = MountFlags { read_only: true, nosuid: false, nodev: false };
+    pub const RW: MountFlags = MountFlags {
+        read_only: false,
+        nosuid: false,
+        nodev: false,
+    };
+    pub const RO: MountFlags = MountFlags {
+        read_only: true,
+        nosuid: false,
+        nodev: false,
+    };
 
     fn options(&self, data: &str) -> String {
         let mut opts = vec![if self.read_only { "ro" } else { "rw" }];
@@ -46,12 +54,24 @@ pub enum Op {
     /// A mount point that should exist in the image; created if missing and
     /// its parent is writable, otherwise the step fails with a hint.
     Mountpoint(PathBuf),
-    Mount { source: String, target: PathBuf, fstype: String, flags: MountFlags, data: String },
-    Bind { source: PathBuf, target: PathBuf },
+    Mount {
+        source: String,
+        target: PathBuf,
+        fstype: String,
+        flags: MountFlags,
+        data: String,
+    },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+    },
     /// First use of a persistent path: copy what the image has at `from`
     /// into `to`, so the bind mount does not hide the image's files.
     /// Nothing happens when `to` exists already.
-    SeedIfMissing { from: PathBuf, to: PathBuf },
+    SeedIfMissing {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 /// What a group of ops provides; failures are reported per group and never
@@ -115,7 +135,11 @@ pub fn oem_mount(sysroot: &Path, device: Option<&Path>, fstype: &str) -> Planned
             source: "tmpfs".into(),
             target: target.clone(),
             fstype: "tmpfs".into(),
-            flags: MountFlags { read_only: false, nosuid: true, nodev: true },
+            flags: MountFlags {
+                read_only: false,
+                nosuid: true,
+                nodev: true,
+            },
             data: "mode=0755,size=16m".into(),
         },
     ];
@@ -129,7 +153,11 @@ pub fn oem_mount(sysroot: &Path, device: Option<&Path>, fstype: &str) -> Planned
                     source: dev.display().to_string(),
                     target,
                     fstype: fstype.into(),
-                    flags: MountFlags { read_only: false, nosuid: true, nodev: true },
+                    flags: MountFlags {
+                        read_only: false,
+                        nosuid: true,
+                        nodev: true,
+                    },
                     data: String::new(),
                 },
             ],
@@ -138,10 +166,21 @@ pub fn oem_mount(sysroot: &Path, device: Option<&Path>, fstype: &str) -> Planned
                 source: dev.display().to_string(),
                 target: "/oem".into(),
                 fstype: fstype.into(),
-                options: MountFlags { read_only: false, nosuid: true, nodev: true }.options(""),
+                options: MountFlags {
+                    read_only: false,
+                    nosuid: true,
+                    nodev: true,
+                }
+                .options(""),
             }),
         },
-        None => PlannedMount { path: "/oem".into(), kind: Kind::Oem, ops: tmpfs, fallback: vec![], fstab: None },
+        None => PlannedMount {
+            path: "/oem".into(),
+            kind: Kind::Oem,
+            ops: tmpfs,
+            fallback: vec![],
+            fstab: None,
+        },
     }
 }
 
@@ -160,7 +199,11 @@ pub fn layout_mounts(inp: &PlanInputs) -> Vec<PlannedMount> {
                 source: "tmpfs".into(),
                 target: eph.clone(),
                 fstype: "tmpfs".into(),
-                flags: MountFlags { read_only: false, nosuid: false, nodev: true },
+                flags: MountFlags {
+                    read_only: false,
+                    nosuid: false,
+                    nodev: true,
+                },
                 data: format!("mode=0755,size={}", inp.layout.ephemeral_size),
             },
         ],
@@ -213,8 +256,18 @@ pub fn layout_mounts(inp: &PlanInputs) -> Vec<PlannedMount> {
     let mut paths: Vec<(Kind, &str)> = BUILTIN_EPHEMERAL
         .iter()
         .map(|p| (Kind::Ephemeral, *p))
-        .chain(inp.layout.ephemeral.iter().map(|p| (Kind::Ephemeral, p.as_str())))
-        .chain(inp.layout.persistent.iter().map(|p| (Kind::Persistent, p.as_str())))
+        .chain(
+            inp.layout
+                .ephemeral
+                .iter()
+                .map(|p| (Kind::Ephemeral, p.as_str())),
+        )
+        .chain(
+            inp.layout
+                .persistent
+                .iter()
+                .map(|p| (Kind::Persistent, p.as_str())),
+        )
         .collect();
     // Parents first, so a persistent /var/log lands on top of an ephemeral /var.
     paths.sort_by(|a, b| depth(a.1).cmp(&depth(b.1)).then(a.1.cmp(b.1)));
@@ -263,8 +316,14 @@ pub fn layout_mounts(inp: &PlanInputs) -> Vec<PlannedMount> {
                     kind,
                     ops: vec![
                         Op::Mountpoint(target.clone()),
-                        Op::SeedIfMissing { from: target.clone(), to: backing.clone() },
-                        Op::Bind { source: backing.clone(), target },
+                        Op::SeedIfMissing {
+                            from: target.clone(),
+                            to: backing.clone(),
+                        },
+                        Op::Bind {
+                            source: backing.clone(),
+                            target,
+                        },
                     ],
                     fallback: vec![],
                     fstab: Some(FstabEntry {
@@ -284,7 +343,11 @@ pub fn layout_mounts(inp: &PlanInputs) -> Vec<PlannedMount> {
 /// describe the same mounts the init made. Whitespace in fields is escaped as
 /// fstab requires.
 pub fn render_fstab(root: &FstabEntry, mounted: &[&FstabEntry]) -> String {
-    let esc = |s: &str| s.replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011");
+    let esc = |s: &str| {
+        s.replace('\\', "\\134")
+            .replace(' ', "\\040")
+            .replace('\t', "\\011")
+    };
     let mut out = String::from(
         "# Written at boot by the immuboot init: these file systems are mounted\n\
          # already; the layout comes from /etc/immuboot/layout.yaml or /oem/immuboot/layout.yaml.\n",
@@ -323,7 +386,17 @@ mod tests {
             persistent_fstype: "ext4",
         });
         let paths: Vec<&str> = plan.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, [EPHEMERAL_DIR, "/usr/local", "/etc", "/root", "/var", "/var/log"]);
+        assert_eq!(
+            paths,
+            [
+                EPHEMERAL_DIR,
+                "/usr/local",
+                "/etc",
+                "/root",
+                "/var",
+                "/var/log"
+            ]
+        );
     }
 
     #[test]
@@ -372,7 +445,10 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(log.fstab.as_ref().unwrap().source, "/usr/local/.state/var-log.bind");
+        assert_eq!(
+            log.fstab.as_ref().unwrap().source,
+            "/usr/local/.state/var-log.bind"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn candidate_names(sys_class_block: &Path) -> Vec<String> {
 }
 
 fn is_ignored(name: &str) -> bool {
-    ["loop", "ram", "zram", "dm-", "sr", "fd"].iter().any(|p| name.starts_with(p))
+    ["loop", "ram", "zram", "dm-", "sr", "fd"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Probes one device for a file system label and type.
@@ -34,7 +36,10 @@ pub fn probe(path: &Path) -> Option<BlockDevice> {
     let mut probe = BlkidProbe::new_from_filename(path).ok()?;
     probe.enable_superblocks(true).ok()?;
     probe
-        .set_superblock_flags(BlkidSublksFlags::new(vec![BlkidSublks::Label, BlkidSublks::Type]))
+        .set_superblock_flags(BlkidSublksFlags::new(vec![
+            BlkidSublks::Label,
+            BlkidSublks::Type,
+        ]))
         .ok()?;
     match probe.do_safeprobe().ok()? {
         BlkidSafeprobeRet::Success => Some(BlockDevice {
@@ -57,7 +62,10 @@ pub fn scan() -> Vec<BlockDevice> {
 /// The devices carrying a label (more than one is a misconfiguration the
 /// caller reports).
 pub fn with_label<'a>(devices: &'a [BlockDevice], label: &str) -> Vec<&'a BlockDevice> {
-    devices.iter().filter(|d| d.label.as_deref() == Some(label)).collect()
+    devices
+        .iter()
+        .filter(|d| d.label.as_deref() == Some(label))
+        .collect()
 }
 
 #[cfg(test)]
@@ -75,10 +83,21 @@ mod tests {
     #[test]
     fn finds_labels() {
         let devs = vec![
-            BlockDevice { path: "/dev/vda2".into(), label: Some("COS_OEM".into()), fstype: Some("ext4".into()) },
-            BlockDevice { path: "/dev/vda4".into(), label: Some("COS_STATE".into()), fstype: Some("ext4".into()) },
+            BlockDevice {
+                path: "/dev/vda2".into(),
+                label: Some("COS_OEM".into()),
+                fstype: Some("ext4".into()),
+            },
+            BlockDevice {
+                path: "/dev/vda4".into(),
+                label: Some("COS_STATE".into()),
+                fstype: Some("ext4".into()),
+            },
         ];
-        assert_eq!(with_label(&devs, "COS_STATE")[0].path, Path::new("/dev/vda4"));
+        assert_eq!(
+            with_label(&devs, "COS_STATE")[0].path,
+            Path::new("/dev/vda4")
+        );
         assert!(with_label(&devs, "COS_PERSISTENT").is_empty());
     }
 
@@ -88,7 +107,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("immuboot-probe-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("fs.img");
-        std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
         let ok = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-L", "COS_TEST"])
             .arg(&img)

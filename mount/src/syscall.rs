@@ -7,7 +7,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub trait Syscall {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: &str) -> io::Result<()>;
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MountFlags,
+        data: &str,
+    ) -> io::Result<()>;
     fn bind(&self, source: &Path, target: &Path) -> io::Result<()>;
     fn mkdir_all(&self, path: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
@@ -21,7 +28,14 @@ pub trait Syscall {
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MountFlags, data: &str) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MountFlags,
+        data: &str,
+    ) -> io::Result<()> {
         use rustix::mount::MountFlags as F;
         let mut f = F::empty();
         if flags.read_only {
@@ -66,11 +80,25 @@ impl Syscall for LinuxSyscall {
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Mount { source: String, target: PathBuf, fstype: String, data: String },
-    Bind { source: PathBuf, target: PathBuf },
+    Mount {
+        source: String,
+        target: PathBuf,
+        fstype: String,
+        data: String,
+    },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+    },
     MkdirAll(PathBuf),
-    CopyTree { from: PathBuf, to: PathBuf },
-    Rename { from: PathBuf, to: PathBuf },
+    CopyTree {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 /// Records calls instead of making them; paths listed in `existing` exist,
@@ -94,7 +122,14 @@ impl RecordingSyscall {
 }
 
 impl Syscall for RecordingSyscall {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, _flags: MountFlags, data: &str) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        _flags: MountFlags,
+        data: &str,
+    ) -> io::Result<()> {
         self.check(target)?;
         self.calls.borrow_mut().push(Call::Mount {
             source: source.into(),
@@ -107,7 +142,10 @@ impl Syscall for RecordingSyscall {
 
     fn bind(&self, source: &Path, target: &Path) -> io::Result<()> {
         self.check(target)?;
-        self.calls.borrow_mut().push(Call::Bind { source: source.into(), target: target.into() });
+        self.calls.borrow_mut().push(Call::Bind {
+            source: source.into(),
+            target: target.into(),
+        });
         Ok(())
     }
 
@@ -127,12 +165,18 @@ impl Syscall for RecordingSyscall {
 
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check(to)?;
-        self.calls.borrow_mut().push(Call::CopyTree { from: from.into(), to: to.into() });
+        self.calls.borrow_mut().push(Call::CopyTree {
+            from: from.into(),
+            to: to.into(),
+        });
         Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.calls.borrow_mut().push(Call::Rename { from: from.into(), to: to.into() });
+        self.calls.borrow_mut().push(Call::Rename {
+            from: from.into(),
+            to: to.into(),
+        });
         self.existing.borrow_mut().push(to.into());
         Ok(())
     }

@@ -52,20 +52,38 @@ fn make_fs(spec: &PartSpec, img: &Path) -> Result<()> {
     File::create(img)?.set_len(spec.size_mib * MIB)?;
     match &spec.content {
         Content::Fat(files) => {
-            run(Command::new("mkfs.vfat").args(["-F", "32", "-n", spec.label]).arg(img).stdout(std::process::Stdio::null()))?;
+            run(Command::new("mkfs.vfat")
+                .args(["-F", "32", "-n", spec.label])
+                .arg(img)
+                .stdout(std::process::Stdio::null()))?;
             let mut dirs: Vec<String> = Vec::new();
             for (_, dest) in files {
                 let mut cur = String::new();
-                for part in dest.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>().iter().rev().skip(1).rev() {
+                for part in dest
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .rev()
+                {
                     cur = format!("{cur}/{part}");
                     if !dirs.contains(&cur) {
-                        run(Command::new("mmd").arg("-i").arg(img).arg(format!("::{cur}")))?;
+                        run(Command::new("mmd")
+                            .arg("-i")
+                            .arg(img)
+                            .arg(format!("::{cur}")))?;
                         dirs.push(cur.clone());
                     }
                 }
             }
             for (src, dest) in files {
-                run(Command::new("mcopy").arg("-i").arg(img).arg(src).arg(format!("::{dest}")))?;
+                run(Command::new("mcopy")
+                    .arg("-i")
+                    .arg(img)
+                    .arg(src)
+                    .arg(format!("::{dest}")))?;
             }
         }
         Content::Ext4(dir) => {
@@ -105,15 +123,29 @@ fn place(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn build(parts: &[PartSpec], work: &Path, disk: &Path, stamp: &Stamp, initramfs_bytes: u64) -> Result<Manifest> {
+pub fn build(
+    parts: &[PartSpec],
+    work: &Path,
+    disk: &Path,
+    stamp: &Stamp,
+    initramfs_bytes: u64,
+) -> Result<Manifest> {
     fs::create_dir_all(work)?;
     let mut infos = Vec::new();
     let mut offset = MIB; // GPT header and table before the first partition
     for p in parts {
-        infos.push(PartInfo { label: p.label.into(), offset, size: p.size_mib * MIB });
+        infos.push(PartInfo {
+            label: p.label.into(),
+            offset,
+            size: p.size_mib * MIB,
+        });
         offset += p.size_mib * MIB;
     }
-    let manifest = Manifest { disk: disk.to_path_buf(), partitions: infos, initramfs_bytes };
+    let manifest = Manifest {
+        disk: disk.to_path_buf(),
+        partitions: infos,
+        initramfs_bytes,
+    };
     if stamp.is_current(disk) {
         eprintln!("    disk up to date");
         return Ok(manifest);

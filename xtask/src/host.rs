@@ -29,13 +29,27 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null")).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Packages that are needed but missing.
 pub fn missing() -> Vec<&'static str> {
-    let mut pkgs: Vec<&str> = TOOLS.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
-    pkgs.extend(FILES.iter().filter(|(f, _)| !std::path::Path::new(f).exists()).map(|(_, p)| *p));
+    let mut pkgs: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
+    pkgs.extend(
+        FILES
+            .iter()
+            .filter(|(f, _)| !std::path::Path::new(f).exists())
+            .map(|(_, p)| *p),
+    );
     // bindgen (for libblkid's bindings) needs libclang.
     if !have("clang") {
         pkgs.extend(["libclang-dev", "clang"]);
@@ -63,5 +77,8 @@ pub fn ensure() -> Result<()> {
         }
         return Ok(());
     }
-    bail!("missing host tools; install these Debian/Ubuntu packages as root: {}", pkgs.join(" "))
+    bail!(
+        "missing host tools; install these Debian/Ubuntu packages as root: {}",
+        pkgs.join(" ")
+    )
 }

@@ -17,11 +17,27 @@ const ROOT_HASH: &str = "$6$immubootdemo$bzHBnSfuA8ZF.wO2RGYVGc/fNyye5m1OocLSQdy
 /// Module trees a QEMU demo never needs; dropped to keep the images small
 /// and quick to build. A real image keeps what its hardware needs.
 const PRUNED_MODULES: &[&str] = &[
-    "sound", "drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/net/ethernet",
-    "drivers/infiniband", "drivers/staging", "drivers/iio", "drivers/bluetooth", "drivers/isdn",
-    "drivers/mtd", "drivers/hwmon", "drivers/platform", "drivers/mfd", "drivers/comedi",
-    "drivers/usb/gadget", "drivers/input/touchscreen", "drivers/net/can", "net/wireless",
-    "net/mac80211", "net/bluetooth",
+    "sound",
+    "drivers/gpu",
+    "drivers/media",
+    "drivers/net/wireless",
+    "drivers/net/ethernet",
+    "drivers/infiniband",
+    "drivers/staging",
+    "drivers/iio",
+    "drivers/bluetooth",
+    "drivers/isdn",
+    "drivers/mtd",
+    "drivers/hwmon",
+    "drivers/platform",
+    "drivers/mfd",
+    "drivers/comedi",
+    "drivers/usb/gadget",
+    "drivers/input/touchscreen",
+    "drivers/net/can",
+    "net/wireless",
+    "net/mac80211",
+    "net/bluetooth",
 ];
 
 /// Units that make no sense on an image-based system, or would wait for
@@ -43,9 +59,21 @@ pub struct Variant {
 }
 
 pub const VARIANTS: &[Variant] = &[
-    Variant { file: "a.img", version: "2", variant: "slot-a" },
-    Variant { file: "b.img", version: "1", variant: "slot-b" },
-    Variant { file: "recovery.img", version: "1-recovery", variant: "recovery" },
+    Variant {
+        file: "a.img",
+        version: "2",
+        variant: "slot-a",
+    },
+    Variant {
+        file: "b.img",
+        version: "1",
+        variant: "slot-b",
+    },
+    Variant {
+        file: "recovery.img",
+        version: "1-recovery",
+        variant: "recovery",
+    },
 ];
 
 pub struct Images {
@@ -82,7 +110,10 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
     if stamp.is_current(&marker) {
         eprintln!("    images up to date");
         let initramfs_bytes = fs::metadata(out_dir().join("initrd.img"))?.len();
-        return Ok(Images { dir, initramfs_bytes });
+        return Ok(Images {
+            dir,
+            initramfs_bytes,
+        });
     }
     fs::create_dir_all(&dir)?;
     let root = out_dir().join("rootfs");
@@ -101,7 +132,11 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
     for v in VARIANTS {
         let text: String = base
             .lines()
-            .filter(|l| !l.starts_with("PRETTY_NAME=") && !l.starts_with("IMAGE_") && !l.starts_with("VARIANT"))
+            .filter(|l| {
+                !l.starts_with("PRETTY_NAME=")
+                    && !l.starts_with("IMAGE_")
+                    && !l.starts_with("VARIANT")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         fs::write(
@@ -113,13 +148,19 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
         )?;
         let out = dir.join(v.file);
         let _ = fs::remove_file(&out);
-        run(Command::new("mksquashfs")
-            .arg(&root)
-            .arg(&out)
-            .args(["-comp", &compression(), "-noappend", "-quiet", "-no-progress"]))?;
+        run(Command::new("mksquashfs").arg(&root).arg(&out).args([
+            "-comp",
+            &compression(),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ]))?;
     }
     stamp.record(&marker)?;
-    Ok(Images { dir, initramfs_bytes })
+    Ok(Images {
+        dir,
+        initramfs_bytes,
+    })
 }
 
 /// Unpacks the tarball and makes it an immuboot image; returns the kernel
@@ -129,14 +170,20 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         fs::remove_dir_all(root)?;
     }
     fs::create_dir_all(root)?;
-    run(Command::new("tar").arg("-C").arg(root).args(["--numeric-owner", "-xpf"]).arg(tar))?;
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .args(["--numeric-owner", "-xpf"])
+        .arg(tar))?;
 
     let modules = root.join("usr/lib/modules");
     let kvers: Vec<String> = fs::read_dir(&modules)?
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    let [kver] = kvers.as_slice() else { bail!("expected one kernel in the rootfs, found {kvers:?}") };
+    let [kver] = kvers.as_slice() else {
+        bail!("expected one kernel in the rootfs, found {kvers:?}")
+    };
     let kver = kver.clone();
     for p in PRUNED_MODULES {
         let d = modules.join(&kver).join("kernel").join(p);
@@ -145,7 +192,12 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         }
     }
     run(Command::new("depmod").arg("-b").arg(root).arg(&kver))?;
-    for d in ["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"] {
+    for d in [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "usr/share/info",
+    ] {
         let d = root.join(d);
         if d.exists() {
             fs::remove_dir_all(&d)?;
@@ -171,16 +223,21 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     let text = fs::read_to_string(&shadow)?;
     let text: String = text
         .lines()
-        .map(|l| if l.starts_with("root:") {
-            let rest: Vec<&str> = l.splitn(3, ':').collect();
-            format!("root:{ROOT_HASH}:{}\n", rest.get(2).unwrap_or(&""))
-        } else {
-            format!("{l}\n")
+        .map(|l| {
+            if l.starts_with("root:") {
+                let rest: Vec<&str> = l.splitn(3, ':').collect();
+                format!("root:{ROOT_HASH}:{}\n", rest.get(2).unwrap_or(&""))
+            } else {
+                format!("{l}\n")
+            }
         })
         .collect();
     fs::write(&shadow, text)?;
     fs::write(root.join("etc/hostname"), "immuboot\n")?;
-    fs::write(root.join("etc/fstab"), "# Written by the immuboot init at every boot.\n")?;
+    fs::write(
+        root.join("etc/fstab"),
+        "# Written by the immuboot init at every boot.\n",
+    )?;
     for unit in MASKED_UNITS {
         let link = root.join("etc/systemd/system").join(unit);
         let _ = fs::remove_file(&link);
@@ -192,7 +249,10 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     fs::copy(cli, &bin)?;
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
     fs::create_dir_all(root.join("etc/immuboot"))?;
-    fs::copy(workspace_root().join("image/layout.yaml"), root.join("etc/immuboot/layout.yaml"))?;
+    fs::copy(
+        workspace_root().join("image/layout.yaml"),
+        root.join("etc/immuboot/layout.yaml"),
+    )?;
     for d in ["oem", "var/lib/immuboot-demo"] {
         fs::create_dir_all(root.join(d))?;
     }

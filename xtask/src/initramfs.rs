@@ -15,9 +15,21 @@ struct Archive {
 }
 
 impl Archive {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: Option<(u32, u32)>) -> Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        data: &[u8],
+        rdev: Option<(u32, u32)>,
+    ) -> Result<()> {
         self.ino += 1;
-        let mut b = cpio::newc::Builder::new(name).ino(self.ino).mode(mode).uid(0).gid(0).nlink(1).mtime(0);
+        let mut b = cpio::newc::Builder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .uid(0)
+            .gid(0)
+            .nlink(1)
+            .mtime(0);
         if let Some((major, minor)) = rdev {
             b = b.rdev_major(major).rdev_minor(minor);
         }
@@ -53,16 +65,31 @@ impl Archive {
 
 /// Reads the module list file (see `immuboot_kmod::ModuleList`).
 pub fn module_list(path: &Path) -> Result<ModuleList> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     ModuleList::parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
 /// Builds the initramfs; returns its compressed size in bytes.
-pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Path, out: &Path) -> Result<u64> {
+pub fn build(
+    init: &Path,
+    modules_dir: &Path,
+    kver: &str,
+    module_list_file: &Path,
+    out: &Path,
+) -> Result<u64> {
     let list = module_list(module_list_file)?;
     let wanted = list.all();
-    let read = |f: &str| std::fs::read_to_string(modules_dir.join(f)).with_context(|| format!("cannot read {}/{f}", modules_dir.display()));
-    let (dep, builtin, softdep, alias) = (read("modules.dep")?, read("modules.builtin")?, read("modules.softdep")?, read("modules.alias")?);
+    let read = |f: &str| {
+        std::fs::read_to_string(modules_dir.join(f))
+            .with_context(|| format!("cannot read {}/{f}", modules_dir.display()))
+    };
+    let (dep, builtin, softdep, alias) = (
+        read("modules.dep")?,
+        read("modules.builtin")?,
+        read("modules.softdep")?,
+        read("modules.alias")?,
+    );
     let index = ModuleIndex::parse(&dep, &builtin).with_softdeps(&softdep, &alias);
     let files: Vec<String> = index
         .load_order(&wanted)
@@ -71,32 +98,63 @@ pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Pat
         .map(|p| p.path)
         .collect();
 
-    let mut a = Archive { out: Vec::new(), ino: 0, dirs: BTreeSet::new() };
+    let mut a = Archive {
+        out: Vec::new(),
+        ino: 0,
+        dirs: BTreeSet::new(),
+    };
     for d in ["dev", "proc", "sys", "run", "sysroot", "tmp"] {
         a.dir(d)?;
     }
     // The kernel opens /dev/console for init's stdio before /dev is mounted.
     a.entry("dev/console", 0o020600, &[], Some((5, 1)))?;
     a.entry("dev/null", 0o020666, &[], Some((1, 3)))?;
-    let init_bytes = std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    let init_bytes =
+        std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
     a.file("init", 0o755, &init_bytes)?;
     a.file("etc/immuboot/modules", 0o644, list.render().as_bytes())?;
     // The index files, limited to the modules in the archive.
     let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();
     let kept_names: BTreeSet<String> = files.iter().map(|f| module_name(f)).collect();
     let filter = |text: &str, keep: &dyn Fn(&str) -> bool| -> String {
-        text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect()
+        text.lines()
+            .filter(|l| keep(l))
+            .map(|l| format!("{l}\n"))
+            .collect()
     };
-    let small_dep = filter(&dep, &|l| l.split(':').next().is_some_and(|m| kept.contains(m.trim())));
-    let small_softdep = filter(&softdep, &|l| l.split_whitespace().nth(1).is_some_and(|m| kept_names.contains(&module_name(m))));
-    let small_alias = filter(&alias, &|l| l.split_whitespace().nth(2).is_some_and(|m| kept_names.contains(&module_name(m))));
+    let small_dep = filter(&dep, &|l| {
+        l.split(':').next().is_some_and(|m| kept.contains(m.trim()))
+    });
+    let small_softdep = filter(&softdep, &|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|m| kept_names.contains(&module_name(m)))
+    });
+    let small_alias = filter(&alias, &|l| {
+        l.split_whitespace()
+            .nth(2)
+            .is_some_and(|m| kept_names.contains(&module_name(m)))
+    });
     let mdir = format!("lib/modules/{kver}");
     a.file(&format!("{mdir}/modules.dep"), 0o644, small_dep.as_bytes())?;
-    a.file(&format!("{mdir}/modules.softdep"), 0o644, small_softdep.as_bytes())?;
-    a.file(&format!("{mdir}/modules.alias"), 0o644, small_alias.as_bytes())?;
-    a.file(&format!("{mdir}/modules.builtin"), 0o644, builtin.as_bytes())?;
+    a.file(
+        &format!("{mdir}/modules.softdep"),
+        0o644,
+        small_softdep.as_bytes(),
+    )?;
+    a.file(
+        &format!("{mdir}/modules.alias"),
+        0o644,
+        small_alias.as_bytes(),
+    )?;
+    a.file(
+        &format!("{mdir}/modules.builtin"),
+        0o644,
+        builtin.as_bytes(),
+    )?;
     for f in &files {
-        let data = std::fs::read(modules_dir.join(f)).with_context(|| format!("cannot read module {f}"))?;
+        let data = std::fs::read(modules_dir.join(f))
+            .with_context(|| format!("cannot read module {f}"))?;
         a.file(&format!("{mdir}/{f}"), 0o644, &data)?;
     }
     cpio::newc::trailer(&mut a.out)?;
@@ -111,7 +169,9 @@ pub fn build(init: &Path, modules_dir: &Path, kver: &str, module_list_file: &Pat
     let data = std::mem::take(&mut a.out);
     let writer = std::thread::spawn(move || stdin.write_all(&data));
     let output = child.wait_with_output()?;
-    writer.join().map_err(|_| anyhow::anyhow!("zstd writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("zstd writer panicked"))??;
     if !output.status.success() {
         bail!("zstd failed");
     }

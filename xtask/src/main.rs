@@ -73,8 +73,20 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 fn build_static() -> Result<(PathBuf, PathBuf)> {
     run(cargo()
         .current_dir(workspace_root())
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "--target", TARGET, "-p", "immuboot-init", "-p", "immuboot"]))?;
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "-p",
+            "immuboot-init",
+            "-p",
+            "immuboot",
+        ]))?;
     let dir = workspace_root().join("target").join(TARGET).join("release");
     Ok((dir.join("immuboot-init"), dir.join("immuboot")))
 }
@@ -94,8 +106,11 @@ fn build_all() -> Result<Manifest> {
         bail!("building the demo image needs root (mmdebstrap, file ownership in the root file system)");
     }
     let (init, cli) = step("static init and CLI", build_static)?;
-    let tar = step("Debian root file system (mmdebstrap, cached)", rootfs::tarball)?;
-    let images = step("OS images (squashfs, xz)", || image::build(&tar, &init, &cli))?;
+    let tar = step(
+        "Debian root file system (mmdebstrap, cached)",
+        rootfs::tarball,
+    )?;
+    let images = step("OS images (squashfs)", || image::build(&tar, &init, &cli))?;
     let out = out_dir();
     let efi = out.join("BOOTX64.EFI");
     step("GRUB EFI binary", || image::grub_efi(&efi))?;
@@ -109,7 +124,11 @@ fn build_all() -> Result<Manifest> {
         let state = parts.join("state");
         let recovery = parts.join("recovery");
         for v in image::VARIANTS {
-            let dst = if v.variant == "recovery" { &recovery } else { &state };
+            let dst = if v.variant == "recovery" {
+                &recovery
+            } else {
+                &state
+            };
             link_into(&images.dir.join(v.file), &dst.join("cOS").join(v.file))?;
         }
         fs::create_dir_all(state.join("grub"))?;
@@ -123,12 +142,37 @@ fn build_all() -> Result<Manifest> {
         let img_size = |f: &str| fs::metadata(images.dir.join(f)).map(|m| m.len());
         let slot = img_size("a.img")?.max(img_size("b.img")?);
         let specs = vec![
-            PartSpec { label: "COS_GRUB", type_code: "ef00", size_mib: 64, content: Content::Fat(vec![(efi.clone(), "/EFI/BOOT/BOOTX64.EFI".into())]) },
-            PartSpec { label: "COS_OEM", type_code: "8300", size_mib: 64, content: Content::Ext4(parts.join("oem")) },
-            PartSpec { label: "COS_RECOVERY", type_code: "8300", size_mib: disk::mib_for(img_size("recovery.img")?, 64), content: Content::Ext4(recovery.clone()) },
+            PartSpec {
+                label: "COS_GRUB",
+                type_code: "ef00",
+                size_mib: 64,
+                content: Content::Fat(vec![(efi.clone(), "/EFI/BOOT/BOOTX64.EFI".into())]),
+            },
+            PartSpec {
+                label: "COS_OEM",
+                type_code: "8300",
+                size_mib: 64,
+                content: Content::Ext4(parts.join("oem")),
+            },
+            PartSpec {
+                label: "COS_RECOVERY",
+                type_code: "8300",
+                size_mib: disk::mib_for(img_size("recovery.img")?, 64),
+                content: Content::Ext4(recovery.clone()),
+            },
             // Two slots plus room for the temporary file of an upgrade.
-            PartSpec { label: "COS_STATE", type_code: "8300", size_mib: disk::mib_for(3 * slot, 64), content: Content::Ext4(state.clone()) },
-            PartSpec { label: "COS_PERSISTENT", type_code: "8300", size_mib: 512, content: Content::Ext4(parts.join("persistent")) },
+            PartSpec {
+                label: "COS_STATE",
+                type_code: "8300",
+                size_mib: disk::mib_for(3 * slot, 64),
+                content: Content::Ext4(state.clone()),
+            },
+            PartSpec {
+                label: "COS_PERSISTENT",
+                type_code: "8300",
+                size_mib: 512,
+                content: Content::Ext4(parts.join("persistent")),
+            },
         ];
         let stamp = Stamp::default()
             .file(&images.dir.join("a.img.stamp"))?
@@ -136,8 +180,17 @@ fn build_all() -> Result<Manifest> {
             .file(&efi)?
             .file(&workspace_root().join("xtask/src/disk.rs"))?
             .file(&workspace_root().join("xtask/src/main.rs"))?;
-        let manifest = disk::build(&specs, &out.join("work"), &out.join("disk.img"), &stamp, images.initramfs_bytes)?;
-        fs::write(out.join("disk.json"), serde_json::to_string_pretty(&manifest)?)?;
+        let manifest = disk::build(
+            &specs,
+            &out.join("work"),
+            &out.join("disk.img"),
+            &stamp,
+            images.initramfs_bytes,
+        )?;
+        fs::write(
+            out.join("disk.json"),
+            serde_json::to_string_pretty(&manifest)?,
+        )?;
         fs::remove_dir_all(&parts)?;
         Ok(manifest)
     })
@@ -161,17 +214,26 @@ fn run_vm(fresh: bool) -> Result<()> {
             .arg(&overlay))?;
         fs::copy(immuboot_qemu_tests::OVMF_VARS, &vars)?;
     }
-    eprintln!("==> booting {} in QEMU (TCG): log in as root, password immuboot; quit with Ctrl-A X", overlay.display());
+    eprintln!(
+        "==> booting {} in QEMU (TCG): log in as root, password immuboot; quit with Ctrl-A X",
+        overlay.display()
+    );
     use std::os::unix::process::CommandExt;
     let err = Command::new("qemu-system-x86_64")
-        .args(immuboot_qemu_tests::qemu_args(&overlay, "qcow2", &vars, true))
+        .args(immuboot_qemu_tests::qemu_args(
+            &overlay, "qcow2", &vars, true,
+        ))
         .exec();
     Err(err).context("cannot run qemu-system-x86_64")
 }
 
 fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     step("host tools", host::ensure)?;
-    step("unit tests", || run(cargo().current_dir(workspace_root()).args(["test", "--workspace"])))?;
+    step("unit tests", || {
+        run(cargo()
+            .current_dir(workspace_root())
+            .args(["test", "--workspace"]))
+    })?;
     if unit_only {
         return Ok(());
     }
@@ -182,25 +244,40 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     }
     let mut cmd = cargo();
     cmd.current_dir(workspace_root())
-        .args(["test", "-p", "immuboot-qemu-tests", "--test", "scenarios", "--"])
+        .args([
+            "test",
+            "-p",
+            "immuboot-qemu-tests",
+            "--test",
+            "scenarios",
+            "--",
+        ])
         .args(["--ignored", "--test-threads=2"]);
     if let Some(f) = &filter {
         cmd.arg(f);
     }
-    let outcome = step("QEMU scenarios (real boots, two VMs at a time)", || run(&mut cmd));
+    let outcome = step("QEMU scenarios (real boots, two VMs at a time)", || {
+        run(&mut cmd)
+    });
     print_results(&results);
     outcome
 }
 
 /// Prints the figures the scenarios recorded (timings, sizes).
 fn print_results(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     files.sort();
     eprintln!("==> measured");
     for f in files {
         if let Ok(text) = fs::read_to_string(&f) {
-            eprintln!("    {}: {}", f.file_stem().unwrap_or_default().to_string_lossy(), text.trim());
+            eprintln!(
+                "    {}: {}",
+                f.file_stem().unwrap_or_default().to_string_lossy(),
+                text.trim()
+            );
         }
     }
 }

@@ -9,17 +9,28 @@ use std::process::Command;
 pub const SUITE: &str = "bookworm";
 /// systemd as init, udev for coldplug, the Debian kernel (its modules also
 /// feed the initramfs), and the tools the demo and tests use.
-pub const PACKAGES: &[&str] = &["systemd-sysv", "udev", "kmod", "linux-image-amd64", "util-linux"];
+pub const PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "linux-image-amd64",
+    "util-linux",
+];
 
 pub fn tarball() -> Result<PathBuf> {
-    let key = Stamp::default().text(SUITE).text(&PACKAGES.join(",")).text("minbase").hex();
+    let key = Stamp::default()
+        .text(SUITE)
+        .text(&PACKAGES.join(","))
+        .text("minbase")
+        .hex();
     let dir = cache_dir();
     let tar = dir.join(format!("rootfs-{SUITE}-{key}.tar"));
     if tar.exists() {
         eprintln!("    using cached {}", tar.display());
         return Ok(tar);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create cache {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create cache {}", dir.display()))?;
     let partial = tar.with_extension("tar.partial");
     run(Command::new("mmdebstrap")
         .args(["--variant=minbase", "--quiet", "--format=tar"])

@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Instant;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Build outputs: target/immuboot in the checkout.
@@ -63,7 +66,8 @@ impl Stamp {
     }
 
     pub fn file(mut self, path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         data.hash(&mut self.0);
         Ok(self)
     }
@@ -75,7 +79,9 @@ impl Stamp {
     /// True if `output`'s stamp file holds this stamp.
     pub fn is_current(&self, output: &Path) -> bool {
         output.exists()
-            && std::fs::read_to_string(stamp_path(output)).map(|s| s.trim() == self.hex()).unwrap_or(false)
+            && std::fs::read_to_string(stamp_path(output))
+                .map(|s| s.trim() == self.hex())
+                .unwrap_or(false)
     }
 
     pub fn record(&self, output: &Path) -> Result<()> {
@@ -91,5 +97,9 @@ fn stamp_path(output: &Path) -> PathBuf {
 }
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }

@@ -44,20 +44,34 @@ pub struct DiskManifest {
 impl DiskManifest {
     pub fn load() -> Result<DiskManifest> {
         let path = artifacts_dir().join("disk.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("{} missing: run `cargo xtask build` first", path.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("{} missing: run `cargo xtask build` first", path.display())
+        })?;
         Ok(serde_json::from_str(&text)?)
     }
 
     pub fn partition(&self, label: &str) -> Result<&Partition> {
-        self.partitions.iter().find(|p| p.label == label).with_context(|| format!("no partition {label}"))
+        self.partitions
+            .iter()
+            .find(|p| p.label == label)
+            .with_context(|| format!("no partition {label}"))
     }
 }
 
 /// QEMU arguments for a boot under TCG (never KVM: it hangs on these hosts).
 pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool) -> Vec<String> {
     let mut args: Vec<String> = [
-        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1", "-no-reboot",
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-no-reboot",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -68,7 +82,10 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
         "-drive".into(),
-        format!("file={},if=virtio,format={disk_format},cache=unsafe", disk.display()),
+        format!(
+            "file={},if=virtio,format={disk_format},cache=unsafe",
+            disk.display()
+        ),
         "-nic".into(),
         "none".into(),
     ]);
@@ -111,7 +128,14 @@ impl Machine {
         }
         let vars = dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
-        Ok(Machine { name: name.into(), dir, overlay, vars, manifest, boots: 0 })
+        Ok(Machine {
+            name: name.into(),
+            dir,
+            overlay,
+            vars,
+            manifest,
+            boots: 0,
+        })
     }
 
     /// Zeroes the start of a partition inside the overlay, so its file system
@@ -183,7 +207,15 @@ impl Vm {
         }
         logfile.flush()?;
         let stdin = child.stdin.take().context("stdin")?;
-        Ok(Vm { child, stdin, output, cursor: 0, seq: 0, log: log.into(), started: Instant::now() })
+        Ok(Vm {
+            child,
+            stdin,
+            output,
+            cursor: 0,
+            seq: 0,
+            log: log.into(),
+            started: Instant::now(),
+        })
     }
 
     /// Everything the console printed so far.
@@ -194,7 +226,9 @@ impl Vm {
     fn tail(&self) -> String {
         let all = self.console();
         let start = all.len().saturating_sub(1500);
-        let start = (start..all.len()).find(|i| all.is_char_boundary(*i)).unwrap_or(all.len());
+        let start = (start..all.len())
+            .find(|i| all.is_char_boundary(*i))
+            .unwrap_or(all.len());
         all[start..].to_string()
     }
 
@@ -205,9 +239,15 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let out = self.output.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let out = self
+                    .output
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
                 if let Some(c) = re.captures(&out[self.cursor..]) {
-                    let caps = c.iter().map(|m| m.map(|m| m.as_str().to_string()).unwrap_or_default()).collect();
+                    let caps = c
+                        .iter()
+                        .map(|m| m.map(|m| m.as_str().to_string()).unwrap_or_default())
+                        .collect();
                     self.cursor += c.get(0).map(|m| m.end()).unwrap_or(0);
                     return Ok(caps);
                 }
@@ -258,9 +298,14 @@ impl Vm {
         let n = self.seq;
         // One input line; the markers are printed with printf so that an
         // echo of the line itself never matches them.
-        self.send(&format!("printf '@@%s@@\\n' B{n}; {cmd}; printf '@@%s:%s@@\\n' E{n} $?\n"))?;
+        self.send(&format!(
+            "printf '@@%s@@\\n' B{n}; {cmd}; printf '@@%s:%s@@\\n' E{n} $?\n"
+        ))?;
         self.expect(&format!(r"@@B{n}@@\n"), Duration::from_secs(120))?;
-        let caps = self.expect(&format!(r"(?s)(.*?)@@E{n}:(\d+)@@"), Duration::from_secs(300))?;
+        let caps = self.expect(
+            &format!(r"(?s)(.*?)@@E{n}:(\d+)@@"),
+            Duration::from_secs(300),
+        )?;
         let out = caps[1].clone();
         Ok((caps[2].parse()?, out))
     }
@@ -288,7 +333,11 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(200));
         }
         let _ = self.child.kill();
-        bail!("QEMU did not exit within {} s after reboot; log {}", timeout.as_secs(), self.log.display())
+        bail!(
+            "QEMU did not exit within {} s after reboot; log {}",
+            timeout.as_secs(),
+            self.log.display()
+        )
     }
 }
 
@@ -318,7 +367,10 @@ pub fn dmesg_interval(dmesg: &str, from: &str, to: &str) -> Option<f64> {
 pub fn record_result(name: &str, value: serde_json::Value) -> Result<()> {
     let dir = artifacts_dir().join("results");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string(&value)?)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string(&value)?,
+    )?;
     Ok(())
 }
 
@@ -329,7 +381,10 @@ mod tests {
     #[test]
     fn interval_between_kernel_lines() {
         let d = "[    1.500000] Run /init as init process\n[    1.600000] immuboot: x\n[    2.250000] systemd[1]: systemd 252 running\n";
-        assert_eq!(dmesg_interval(d, "Run /init as init process", "systemd[1]:"), Some(0.75));
+        assert_eq!(
+            dmesg_interval(d, "Run /init as init process", "systemd[1]:"),
+            Some(0.75)
+        );
         assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
     }
 }

@@ -25,7 +25,10 @@ fn root_backing_file(vm: &mut Vm) -> Result<String> {
 }
 
 fn image_version(vm: &mut Vm) -> Result<String> {
-    Ok(vm.run_ok(". /etc/os-release; echo $IMAGE_VERSION")?.trim().to_string())
+    Ok(vm
+        .run_ok(". /etc/os-release; echo $IMAGE_VERSION")?
+        .trim()
+        .to_string())
 }
 
 #[test]
@@ -40,32 +43,64 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
     let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
     ensure!(root.starts_with("squashfs ro"), "/ is {root}");
     let backing = root_backing_file(&mut vm)?;
-    ensure!(backing == "/run/initramfs/cos-state/cOS/a.img", "root image {backing}");
+    ensure!(
+        backing == "/run/initramfs/cos-state/cOS/a.img",
+        "root image {backing}"
+    );
     let (rc, _) = vm.run("touch /usr/bin/x 2>/dev/null")?;
     ensure!(rc != 0, "/usr is writable");
     let cmdline = vm.run_ok("cat /proc/cmdline")?;
-    ensure!(cmdline.contains("immuboot.slot=a") && cmdline.contains("immuboot.mode=active"), "{cmdline}");
+    ensure!(
+        cmdline.contains("immuboot.slot=a") && cmdline.contains("immuboot.mode=active"),
+        "{cmdline}"
+    );
     let env = env_of(&mut vm)?;
-    ensure!(env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"), "{env}");
+    ensure!(
+        env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"),
+        "{env}"
+    );
     ensure!(env.contains("IMMUBOOT_PERSISTENCE=yes"), "{env}");
     ensure!(image_version(&mut vm)? == "2");
     // The layout as mounted, and what systemd and findmnt see.
     let etc = vm.run_ok("findmnt -n -o FSTYPE /etc")?;
     ensure!(etc.trim() == "overlay", "/etc is {etc}");
     let usr_local = vm.run_ok("findmnt -n -o SOURCE,FSTYPE /usr/local")?;
-    ensure!(usr_local.contains("/dev/vda5") && usr_local.contains("ext4"), "/usr/local is {usr_local}");
+    ensure!(
+        usr_local.contains("/dev/vda5") && usr_local.contains("ext4"),
+        "/usr/local is {usr_local}"
+    );
     let fstab = vm.run_ok("findmnt --fstab -n -o TARGET")?;
-    for t in ["/", "/etc", "/usr/local", "/oem", "/var", "/var/log", "/root"] {
-        ensure!(fstab.lines().any(|l| l.trim() == t), "{t} missing from fstab:\n{fstab}");
+    for t in [
+        "/",
+        "/etc",
+        "/usr/local",
+        "/oem",
+        "/var",
+        "/var/log",
+        "/root",
+    ] {
+        ensure!(
+            fstab.lines().any(|l| l.trim() == t),
+            "{t} missing from fstab:\n{fstab}"
+        );
     }
     let unit = vm.run_ok("systemctl is-active usr-local.mount var-log.mount oem.mount")?;
-    ensure!(unit.lines().all(|l| l.trim() == "active"), "mount units: {unit}");
+    ensure!(
+        unit.lines().all(|l| l.trim() == "active"),
+        "mount units: {unit}"
+    );
     let status = vm.run_ok("immuboot status")?;
-    ensure!(status.contains("booted:       active (slot a) /cOS/a.img  version 2"), "{status}");
+    ensure!(
+        status.contains("booted:       active (slot a) /cOS/a.img  version 2"),
+        "{status}"
+    );
     ensure!(status.contains("next boot:    active"), "{status}");
     // The init's lines reach the journal under the identifier immuboot.
     let journal = vm.run_ok("journalctl -b -t immuboot -o cat")?;
-    ensure!(journal.lines().filter(|l| l.starts_with("step '")).count() >= 8, "init lines in the journal:\n{journal}");
+    ensure!(
+        journal.lines().filter(|l| l.starts_with("step '")).count() >= 8,
+        "init lines in the journal:\n{journal}"
+    );
 
     // The initramfs phase, on the kernel's clock.
     let dmesg = vm.run_ok("dmesg")?;
@@ -104,7 +139,10 @@ fn s2_etc_is_ephemeral_and_persistent_paths_survive_reboot() -> Result<()> {
         "cat /usr/local/immuboot-test /oem/immuboot-test /var/lib/immuboot-demo/data /root/immuboot-test",
     )?;
     let lines: Vec<&str> = kept.lines().map(str::trim).collect();
-    ensure!(lines == ["ul", "oem", "demo", "home"], "persistent files: {kept}");
+    ensure!(
+        lines == ["ul", "oem", "demo", "home"],
+        "persistent files: {kept}"
+    );
     // The image's own content is still under the persistent bind (seeded on first boot).
     vm.run_ok("test -f /root/.bashrc")?;
     Ok(())
@@ -117,12 +155,18 @@ fn s3_one_shot_passive_then_recovery_then_back_to_active() -> Result<()> {
     let mut vm = boot(&mut m)?;
     vm.run_ok("immuboot next-boot passive")?;
     let status = vm.run_ok("immuboot status")?;
-    ensure!(status.contains("next boot:    passive (one-shot)"), "{status}");
+    ensure!(
+        status.contains("next boot:    passive (one-shot)"),
+        "{status}"
+    );
     vm.reboot()?;
 
     let mut vm = boot(&mut m)?;
     let env = env_of(&mut vm)?;
-    ensure!(env.contains("IMMUBOOT_MODE=passive") && env.contains("IMMUBOOT_SLOT=b"), "{env}");
+    ensure!(
+        env.contains("IMMUBOOT_MODE=passive") && env.contains("IMMUBOOT_SLOT=b"),
+        "{env}"
+    );
     ensure!(root_backing_file(&mut vm)? == "/run/initramfs/cos-state/cOS/b.img");
     ensure!(image_version(&mut vm)? == "1");
     vm.run_ok("immuboot next-boot recovery")?;
@@ -139,7 +183,10 @@ fn s3_one_shot_passive_then_recovery_then_back_to_active() -> Result<()> {
 
     let mut vm = boot(&mut m)?;
     let env = env_of(&mut vm)?;
-    ensure!(env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"), "{env}");
+    ensure!(
+        env.contains("IMMUBOOT_MODE=active") && env.contains("IMMUBOOT_SLOT=a"),
+        "{env}"
+    );
     ensure!(image_version(&mut vm)? == "2");
     Ok(())
 }
@@ -184,11 +231,21 @@ fn s5_broken_oem_layout_is_reported_and_image_layout_used() -> Result<()> {
         r"immuboot: invalid layout file /oem/immuboot/layout\.yaml: ([^\n]*)",
         std::time::Duration::from_secs(300),
     )?;
-    ensure!(caps[1].contains("line"), "the error does not say where: {}", caps[1]);
+    ensure!(
+        caps[1].contains("line"),
+        "the error does not say where: {}",
+        caps[1]
+    );
     vm.login()?;
     let facts = vm.run_ok("cat /run/immuboot/boot.json")?;
-    ensure!(facts.contains("\"layout_source\": \"/etc/immuboot/layout.yaml\""), "{facts}");
+    ensure!(
+        facts.contains("\"layout_source\": \"/etc/immuboot/layout.yaml\""),
+        "{facts}"
+    );
     let persistent = vm.run_ok("findmnt -n -o SOURCE /var/lib/immuboot-demo")?;
-    ensure!(persistent.contains("/.state/var-lib-immuboot-demo.bind"), "{persistent}");
+    ensure!(
+        persistent.contains("/.state/var-lib-immuboot-demo.bind"),
+        "{persistent}"
+    );
     Ok(())
 }
