@@ -232,7 +232,7 @@ pub fn run() -> ! {
         let planned = plan::oem_mount(Path::new(SYSROOT), oem.as_ref().map(|d| d.path.as_path()), fstype(oem.as_ref()));
         let outcomes = execute(&b.sys, std::slice::from_ref(&planned));
         report(b, &outcomes);
-        Ok(planned.fstab.filter(|_| outcomes[0].status == Status::Mounted))
+        Ok(planned.fstab.filter(|_| outcomes.first().is_some_and(|o| o.status == Status::Mounted)))
     });
 
     let layout = b.step("read layout", |b| Ok(read_layout(b)));
@@ -375,7 +375,7 @@ fn find_partitions(b: &mut Boot, cfg: &InitConfig, required: &str) -> Result<Vec
     for d in &devices {
         if let Some(label) = &d.label {
             let same = probe::with_label(&devices, label);
-            if same.len() > 1 && same[0].path == d.path {
+            if same.len() > 1 && same.first().is_some_and(|f| f.path == d.path) {
                 b.warn(format!(
                     "{} partitions are labelled {label}; using {}",
                     same.len(),
@@ -582,7 +582,10 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
         if let Some(label) = spec.strip_prefix("LABEL=") {
             let devices = find_partitions(b, cfg, label)?;
             let found = probe::with_label(&devices, label);
-            Ok(found[0].clone())
+            found
+                .first()
+                .map(|d| (*d).clone())
+                .with_context(|| format!("no partition labelled {label}"))
         } else if spec.starts_with("/dev/") {
             probe::probe(Path::new(&spec))
                 .with_context(|| format!("root={spec}: no file system found"))
