@@ -22,6 +22,56 @@ pub mod vars {
     /// One-shot choice for the next boot (`active`, `passive`, `recovery`);
     /// GRUB clears it when it uses it.
     pub const NEXT_ENTRY: &str = "next_entry";
+    /// `good`, `trial` or `bad`, per slot (unset counts as good: the
+    /// installer writes known-good images).
+    pub const A_STATE: &str = "immuboot_a_state";
+    pub const B_STATE: &str = "immuboot_b_state";
+    /// Boots left for a slot on trial (0-9); GRUB decrements it before each.
+    pub const A_TRIES: &str = "immuboot_a_tries";
+    pub const B_TRIES: &str = "immuboot_b_tries";
+    /// Why the last slot failed, for `immuboot status` (never read by GRUB).
+    pub const LAST_FAILURE: &str = "immuboot_last_failure";
+
+    pub fn state(slot: super::Slot) -> &'static str {
+        match slot {
+            super::Slot::A => A_STATE,
+            super::Slot::B => B_STATE,
+        }
+    }
+
+    pub fn tries(slot: super::Slot) -> &'static str {
+        match slot {
+            super::Slot::A => A_TRIES,
+            super::Slot::B => B_TRIES,
+        }
+    }
+}
+
+/// Boots a slot on trial gets before it is given up (configurable per
+/// activation).
+pub const DEFAULT_TRIES: u8 = 3;
+
+/// What is known about a slot's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "health", rename_all = "lowercase")]
+pub enum Health {
+    /// Booted and was marked good.
+    Good,
+    /// New: boots until marked good, at most `tries` more times.
+    Trial { tries: u8 },
+    /// Failed; not booted again until rewritten or activated.
+    Bad,
+}
+
+impl Health {
+    /// Whether GRUB may boot it.
+    pub fn bootable(self) -> bool {
+        match self {
+            Health::Good => true,
+            Health::Trial { tries } => tries > 0,
+            Health::Bad => false,
+        }
+    }
 }
 
 /// Where an image comes from, as GRUB's menu entries name them.
@@ -122,6 +172,9 @@ pub const GRUBENV_PATH: &str = "/grub/grubenv";
 pub struct BootState {
     pub active_slot: Slot,
     pub next_entry: Option<Mode>,
+    pub a: Health,
+    pub b: Health,
+    pub last_failure: Option<String>,
 }
 
 impl Default for BootState {
@@ -129,6 +182,9 @@ impl Default for BootState {
         BootState {
             active_slot: Slot::A,
             next_entry: None,
+            a: Health::Good,
+            b: Health::Good,
+            last_failure: None,
         }
     }
 }
@@ -151,7 +207,142 @@ impl BootState {
                 Err(e) => warnings.push(format!("{}: {e:#}; ignored", vars::NEXT_ENTRY)),
             }
         }
+        for slot in [Slot::A, Slot::B] {
+            let health = match (
+                env.get_nonempty(vars::state(slot)),
+                env.get_nonempty(vars::tries(slot)),
+            ) {
+                (None | Some("good"), _) => Health::Good,
+                (Some("bad"), _) => Health::Bad,
+                (Some("trial"), Some(t)) if t.len() == 1 && t.as_bytes()[0].is_ascii_digit() => {
+                    Health::Trial {
+                        tries: t.as_bytes()[0] - b'0',
+                    }
+                }
+                (Some("trial"), t) => {
+                    // GRUB treats this as no tries left: so do we.
+                    warnings.push(format!(
+                        "{}: {t:?} is not a digit; no tries left",
+                        vars::tries(slot)
+                    ));
+                    Health::Trial { tries: 0 }
+                }
+                (Some(other), _) => {
+                    warnings.push(format!(
+                        "{}: unknown value {other:?}; counted as good",
+                        vars::state(slot)
+                    ));
+                    Health::Good
+                }
+            };
+            *state.health_mut(slot) = health;
+        }
+        state.last_failure = env.get_nonempty(vars::LAST_FAILURE).map(str::to_string);
         (state, warnings)
+    }
+
+    pub fn health(&self, slot: Slot) -> Health {
+        match slot {
+            Slot::A => self.a,
+            Slot::B => self.b,
+        }
+    }
+
+    pub fn health_mut(&mut self, slot: Slot) -> &mut Health {
+        match slot {
+            Slot::A => &mut self.a,
+            Slot::B => &mut self.b,
+        }
+    }
+
+    /// What GRUB's config does when no one-shot choice is set: the active
+    /// slot if bootable, else the passive one, else recovery; a slot on
+    /// trial loses one try. Kept here, beside its unit tests, as the
+    /// reference the grub.cfg if-chains implement.
+    pub fn grub_automatic_choice(&mut self) -> Mode {
+        for (mode, slot) in [
+            (Mode::Active, self.active_slot),
+            (Mode::Passive, self.active_slot.other()),
+        ] {
+            let health = self.health_mut(slot);
+            if health.bootable() {
+                if let Health::Trial { tries } = health {
+                    *tries -= 1;
+                }
+                return mode;
+            }
+        }
+        Mode::Recovery
+    }
+
+    /// A boot of `slot` that GRUB did not count (a manual or custom entry):
+    /// the init takes the try off itself, so manual boots cannot make a bad
+    /// slot boot forever.
+    pub fn count_attempt(&mut self, slot: Slot) {
+        if let Health::Trial { tries } = self.health_mut(slot) {
+            *tries = tries.saturating_sub(1);
+        }
+    }
+
+    /// `slot` booted and passed its checks. A fallback slot that is marked
+    /// good becomes the active one again, so the failed slot is the one the
+    /// next upgrade writes.
+    pub fn mark_good(&mut self, slot: Slot) {
+        *self.health_mut(slot) = Health::Good;
+        if self.active_slot != slot && !self.health(self.active_slot).bootable() {
+            self.active_slot = slot;
+        }
+    }
+
+    pub fn mark_bad(&mut self, slot: Slot, reason: &str) {
+        *self.health_mut(slot) = Health::Bad;
+        self.last_failure = Some(format!("slot {slot}: {reason}"));
+    }
+
+    /// Puts `slot` on trial as the active slot; the other stays the fallback.
+    pub fn activate_on_trial(&mut self, slot: Slot, tries: u8) {
+        self.active_slot = slot;
+        *self.health_mut(slot) = Health::Trial {
+            tries: tries.clamp(1, 9),
+        };
+    }
+
+    /// Makes the other slot active, if it is known good.
+    pub fn rollback(&mut self) -> Result<Slot> {
+        let other = self.active_slot.other();
+        if self.health(other) != Health::Good {
+            bail!(
+                "slot {other} is not known good ({:?}); nothing to roll back to",
+                self.health(other)
+            );
+        }
+        self.active_slot = other;
+        Ok(other)
+    }
+
+    /// Why a boot of `booted` (mode `mode`) is not the active slot's normal
+    /// boot, in words for `immuboot status`.
+    pub fn fallback_reason(&self, mode: Mode, booted: Option<Slot>) -> Option<String> {
+        let active = self.active_slot;
+        let why = match self.health(active) {
+            Health::Bad => format!("slot {active} is marked bad"),
+            Health::Trial { tries: 0 } => {
+                format!("slot {active} used up its tries without being marked good")
+            }
+            _ => return None,
+        };
+        let detail = self
+            .last_failure
+            .as_deref()
+            .map(|f| format!("; last failure: {f}"))
+            .unwrap_or_default();
+        match (mode, booted) {
+            (Mode::Recovery, _) => Some(format!("fallback to recovery: {why}{detail}")),
+            (_, Some(slot)) if slot != active => {
+                Some(format!("fallback to slot {slot}: {why}{detail}"))
+            }
+            _ => None,
+        }
     }
 
     /// Writes this state's variables into `env`, keeping any others.
@@ -161,6 +352,24 @@ impl BootState {
             vars::NEXT_ENTRY,
             self.next_entry.map(Mode::as_str).unwrap_or(""),
         )?;
+        for slot in [Slot::A, Slot::B] {
+            let (state, tries) = match self.health(slot) {
+                Health::Good => ("good", String::new()),
+                Health::Trial { tries } => ("trial", tries.min(9).to_string()),
+                Health::Bad => ("bad", String::new()),
+            };
+            env.set(vars::state(slot), state)?;
+            env.set(vars::tries(slot), &tries)?;
+        }
+        // Bounded so the block always fits.
+        let failure: String = self
+            .last_failure
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        env.set(vars::LAST_FAILURE, &failure.replace('\n', " "))?;
         Ok(())
     }
 
@@ -266,6 +475,7 @@ mod tests {
         BootState {
             active_slot: Slot::B,
             next_entry: Some(Mode::Passive),
+            ..Default::default()
         }
         .store(&mut e)
         .unwrap();
@@ -275,10 +485,99 @@ mod tests {
     }
 
     #[test]
+    fn health_round_trips_through_the_env_block() {
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        s.mark_bad(Slot::A, "image check failed");
+        let mut e = GrubEnv::new();
+        s.store(&mut e).unwrap();
+        let (back, w) = BootState::from_env(&GrubEnv::parse(&e.to_block().unwrap()).unwrap());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn bad_tries_value_means_no_tries() {
+        let (s, w) = BootState::from_env(&env(&[
+            ("immuboot_b_state", "trial"),
+            ("immuboot_b_tries", "x"),
+        ]));
+        assert_eq!(s.b, Health::Trial { tries: 0 });
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn trial_slot_falls_back_after_its_tries() {
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        // Three boots of the new slot that never get marked good...
+        for _ in 0..3 {
+            assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        }
+        // ...then GRUB boots the passive slot a, and keeps doing so.
+        assert_eq!(s.grub_automatic_choice(), Mode::Passive);
+        assert_eq!(s.slot_for(Mode::Passive), Some(Slot::A));
+        assert!(s
+            .fallback_reason(Mode::Passive, Some(Slot::A))
+            .unwrap()
+            .contains("used up its tries"));
+        // The fallback boot is marked good: a becomes active again.
+        s.mark_good(Slot::A);
+        assert_eq!(s.active_slot, Slot::A);
+        assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        assert_eq!(s.fallback_reason(Mode::Active, Some(Slot::A)), None);
+    }
+
+    #[test]
+    fn good_trial_slot_stays_active_and_old_one_is_passive() {
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        s.mark_good(Slot::B);
+        assert_eq!(
+            (s.active_slot, s.b, s.a),
+            (Slot::B, Health::Good, Health::Good)
+        );
+        assert_eq!(s.slot_for(Mode::Passive), Some(Slot::A));
+    }
+
+    #[test]
+    fn both_slots_bad_boots_recovery() {
+        let mut s = BootState::default();
+        s.mark_bad(Slot::A, "x");
+        s.activate_on_trial(Slot::B, 1);
+        assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        assert_eq!(s.grub_automatic_choice(), Mode::Recovery);
+        assert!(s
+            .fallback_reason(Mode::Recovery, None)
+            .unwrap()
+            .starts_with("fallback to recovery"));
+    }
+
+    #[test]
+    fn manual_boots_are_counted_by_the_init() {
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 2);
+        s.count_attempt(Slot::B);
+        s.count_attempt(Slot::B);
+        s.count_attempt(Slot::B);
+        assert_eq!(s.b, Health::Trial { tries: 0 });
+        assert_eq!(s.grub_automatic_choice(), Mode::Passive);
+    }
+
+    #[test]
+    fn rollback_needs_a_good_other_slot() {
+        let mut s = BootState::default();
+        assert_eq!(s.rollback().unwrap(), Slot::B);
+        s.mark_bad(Slot::A, "x");
+        assert!(s.rollback().is_err());
+    }
+
+    #[test]
     fn resolves_modes_to_slots() {
         let state = BootState {
             active_slot: Slot::B,
-            next_entry: None,
+            ..Default::default()
         };
         let t = resolve_target(&BootRequest::default(), &state);
         assert_eq!(
