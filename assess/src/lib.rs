@@ -8,6 +8,7 @@
 //! `immuboot_*` variables without changing the existing ones.
 
 pub mod grubenv;
+pub mod store;
 
 use anyhow::{bail, Result};
 use grubenv::GrubEnv;

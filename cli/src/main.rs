@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use immuboot_assess::{grubenv, BootState, Mode, GRUBENV_PATH};
+use immuboot_assess::{store, BootState, Health, Mode, Slot};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -38,11 +38,34 @@ enum Command {
         json: bool,
     },
     /// Choose the image for the next boot only (active, passive or recovery);
-    /// the boot after it returns to the active image.
+    /// the boot after it returns to the automatic choice.
     NextBoot {
         #[arg(value_parser = ["active", "passive", "recovery"])]
         entry: String,
     },
+    /// Mark the booted slot good (after running health checks, if given):
+    /// it stays active, or becomes active again after a fallback.
+    MarkGood {
+        /// Directories of executables to run first (greenboot's required.d);
+        /// any failure marks the boot bad instead.
+        #[arg(long = "checks", value_name = "DIR")]
+        checks: Vec<PathBuf>,
+        /// After a failed check, reboot so the boot loader falls back.
+        #[arg(long)]
+        reboot_on_failure: bool,
+    },
+    /// Mark the booted slot bad with a reason; the next boot falls back.
+    MarkBad { reason: String },
+    /// Make SLOT the active slot on trial: it boots at most TRIES times
+    /// until marked good, then the other slot takes over again.
+    MarkActive {
+        #[arg(value_parser = ["a", "b"])]
+        slot: String,
+        #[arg(long, default_value_t = immuboot_assess::DEFAULT_TRIES)]
+        tries: u8,
+    },
+    /// Make the other slot active, if it is known good.
+    Rollback,
 }
 
 fn main() {
@@ -68,17 +91,109 @@ fn state_dir(cli: &Cli, facts: Option<&Value>) -> PathBuf {
     })
 }
 
-fn env_path(state: &Path) -> PathBuf {
-    state.join(GRUBENV_PATH.trim_start_matches('/'))
-}
-
 fn run(cli: Cli) -> Result<()> {
     let facts = read_facts(&cli.facts_dir);
     let state = state_dir(&cli, facts.as_ref());
     match &cli.command {
         Command::Status { json } => status(facts.as_ref(), &state, *json),
-        Command::NextBoot { entry } => next_boot(&state, entry.parse()?),
+        Command::NextBoot { entry } => {
+            let mode: Mode = entry.parse()?;
+            update(&state, |s| {
+                s.next_entry = Some(mode);
+                Ok(format!("next boot: {mode} (once)"))
+            })
+        }
+        Command::MarkGood {
+            checks,
+            reboot_on_failure,
+        } => {
+            let slot = booted_slot(facts.as_ref())?;
+            if let Err(failure) = run_checks(checks) {
+                update(&state, |s| {
+                    s.mark_bad(slot, &failure);
+                    Ok(format!("slot {slot} marked bad: {failure}"))
+                })?;
+                if *reboot_on_failure {
+                    eprintln!("immuboot: rebooting so the boot loader falls back");
+                    let _ = std::process::Command::new("systemctl")
+                        .arg("reboot")
+                        .status();
+                }
+                anyhow::bail!("health check failed: {failure}");
+            }
+            update(&state, |s| {
+                s.mark_good(slot);
+                Ok(format!(
+                    "slot {slot} marked good; active slot: {}",
+                    s.active_slot
+                ))
+            })
+        }
+        Command::MarkBad { reason } => {
+            let slot = booted_slot(facts.as_ref())?;
+            update(&state, |s| {
+                s.mark_bad(slot, reason);
+                Ok(format!("slot {slot} marked bad: {reason}"))
+            })
+        }
+        Command::MarkActive { slot, tries } => {
+            let slot: Slot = slot.parse()?;
+            update(&state, |s| {
+                s.activate_on_trial(slot, *tries);
+                Ok(format!(
+                    "slot {slot} active on trial ({} tries)",
+                    tries.clamp(&1, &9)
+                ))
+            })
+        }
+        Command::Rollback => update(&state, |s| {
+            let slot = s.rollback()?;
+            Ok(format!("slot {slot} is active"))
+        }),
     }
+}
+
+/// The slot this system booted, from the init's boot facts.
+fn booted_slot(facts: Option<&Value>) -> Result<Slot> {
+    let facts =
+        facts.context("no boot facts in /run/immuboot: this system was not booted by immuboot")?;
+    let slot = facts
+        .get("target")
+        .and_then(|t| t.get("slot"))
+        .and_then(Value::as_str);
+    match slot {
+        Some(s) => s.parse(),
+        None => anyhow::bail!("booted from the recovery image: there is no slot to mark"),
+    }
+}
+
+/// Runs every executable in the directories, in name order; the first
+/// failure is returned as a reason.
+fn run_checks(dirs: &[PathBuf]) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.metadata()
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            match std::process::Command::new(&f).status() {
+                Ok(st) if st.success() => println!("health check {}: ok", f.display()),
+                Ok(st) => return Err(format!("health check {} failed ({st})", f.display())),
+                Err(e) => return Err(format!("health check {} could not run: {e}", f.display())),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn os_release_field(field: &str) -> Option<String> {
@@ -88,19 +203,35 @@ fn os_release_field(field: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
+fn health_text(h: Health) -> String {
+    match h {
+        Health::Good => "good".into(),
+        Health::Trial { tries } => format!("on trial, {tries} tries left"),
+        Health::Bad => "bad".into(),
+    }
+}
+
 fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
-    let env = grubenv::read(&env_path(state_dir));
-    let (state, warnings) = match &env {
-        Ok(env) => BootState::from_env(env),
-        Err(_) => (BootState::default(), vec![]),
-    };
+    let loaded = store::load(state_dir);
+    let state = &loaded.state;
+    let mode: Option<Mode> = facts
+        .and_then(|f| f.get("mode"))
+        .and_then(Value::as_str)
+        .and_then(|m| m.parse().ok());
+    let booted: Option<Slot> = facts
+        .and_then(|f| f.get("target"))
+        .and_then(|t| t.get("slot"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok());
+    let fallback = mode.and_then(|m| state.fallback_reason(m, booted));
     if json {
         let out = serde_json::json!({
             "boot": facts,
             "image_version": os_release_field("IMAGE_VERSION"),
-            "state": env.as_ref().ok().map(|_| &state),
-            "state_error": env.as_ref().err().map(|e| format!("{e:#}")),
-            "state_warnings": warnings,
+            "state": state,
+            "state_source": loaded.source,
+            "state_warnings": loaded.warnings,
+            "fallback": fallback,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -121,6 +252,9 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
                 s(target, "image"),
                 os_release_field("IMAGE_VERSION").unwrap_or_else(|| "-".into())
             );
+            if let Some(why) = &fallback {
+                println!("FALLBACK:     {why}");
+            }
             println!(
                 "image from:   {} {}",
                 s(Some(f), "image_partition"),
@@ -169,21 +303,31 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
             "booted:       unknown (no boot facts in /run/immuboot: not booted by immuboot?)"
         ),
     }
-    match env {
-        Ok(_) => {
-            println!("active slot:  {}", state.active_slot);
-            println!(
-                "next boot:    {}",
-                match state.next_entry {
-                    Some(m) => format!("{m} (one-shot)"),
-                    None => "active".into(),
-                }
-            );
-            for w in warnings {
-                println!("warning:      {w}");
-            }
+    match &loaded.source {
+        store::Source::Primary => {}
+        store::Source::Backup { primary_error } => {
+            println!("boot state:   from the backup copy ({primary_error})")
         }
-        Err(e) => println!("boot state:   unavailable: {e:#}"),
+        store::Source::Defaults { error } => {
+            println!("boot state:   unreadable, defaults shown ({error})")
+        }
+    }
+    println!("active slot:  {}", state.active_slot);
+    for slot in [Slot::A, Slot::B] {
+        println!("slot {slot}:       {}", health_text(state.health(slot)));
+    }
+    println!(
+        "next boot:    {}",
+        match state.next_entry {
+            Some(m) => format!("{m} (one-shot)"),
+            None => "automatic".into(),
+        }
+    );
+    if let Some(f) = &state.last_failure {
+        println!("last failure: {f}");
+    }
+    for w in &loaded.warnings {
+        println!("warning:      {w}");
     }
     Ok(())
 }
@@ -205,22 +349,24 @@ fn with_writable(dir: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
     result
 }
 
-fn next_boot(state_dir: &Path, mode: Mode) -> Result<()> {
-    let path = env_path(state_dir);
-    with_writable(state_dir, || {
-        let mut env = match grubenv::read(&path) {
-            Ok(env) => env,
-            Err(e) if path.exists() => {
-                eprintln!("immuboot: warning: {e:#}; writing a fresh boot state");
-                grubenv::GrubEnv::new()
-            }
-            Err(e) => return Err(e),
-        };
-        let (mut state, _) = BootState::from_env(&env);
-        state.next_entry = Some(mode);
-        state.store(&mut env)?;
-        grubenv::write_atomic(&path, &env)
-    })?;
-    println!("next boot: {mode} (once; the boot after it returns to the active image)");
+/// Changes the boot state: both copies rewritten atomically.
+fn update(state_dir: &Path, change: impl FnOnce(&mut BootState) -> Result<String>) -> Result<()> {
+    let loaded = store::load(state_dir);
+    if let store::Source::Defaults { error } = &loaded.source {
+        if !store::primary(state_dir)
+            .parent()
+            .is_some_and(|p| p.is_dir())
+        {
+            anyhow::bail!(
+                "no boot state directory under {}: {error}",
+                state_dir.display()
+            );
+        }
+        eprintln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
+    }
+    let mut state = loaded.state.clone();
+    let message = change(&mut state)?;
+    with_writable(state_dir, || store::save(state_dir, &loaded.env, &state))?;
+    println!("{message}");
     Ok(())
 }

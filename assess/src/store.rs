@@ -1,0 +1,162 @@
+//! The boot state on disk: two copies of the GRUB environment block, so a
+//! torn or garbled write never loses the state. Writers replace the backup
+//! first, then the primary, each atomically; readers take the primary if it
+//! is valid, else the backup, else defaults, and say which.
+
+use crate::grubenv::{self, GrubEnv};
+use crate::{BootState, GRUBENV_PATH};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub fn primary(state_dir: &Path) -> PathBuf {
+    state_dir.join(GRUBENV_PATH.trim_start_matches('/'))
+}
+
+pub fn backup(state_dir: &Path) -> PathBuf {
+    let mut p = primary(state_dir).into_os_string();
+    p.push(".bak");
+    PathBuf::from(p)
+}
+
+/// Where the state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum Source {
+    Primary,
+    /// The primary was unreadable; the backup was used.
+    Backup {
+        primary_error: String,
+    },
+    /// Neither copy was readable; defaults were used.
+    Defaults {
+        error: String,
+    },
+}
+
+pub struct Loaded {
+    pub env: GrubEnv,
+    pub state: BootState,
+    pub warnings: Vec<String>,
+    pub source: Source,
+    /// The backup differs from the primary (e.g. GRUB counted a try, which
+    /// it writes to the primary only).
+    pub backup_stale: bool,
+}
+
+impl Loaded {
+    /// Whether the files need rewriting to be two valid, equal copies.
+    pub fn needs_repair(&self) -> bool {
+        self.source != Source::Primary || self.backup_stale
+    }
+}
+
+pub fn load(state_dir: &Path) -> Loaded {
+    let backup_env = grubenv::read(&backup(state_dir));
+    let (env, source) = match grubenv::read(&primary(state_dir)) {
+        Ok(env) => (env, Source::Primary),
+        Err(pe) => match &backup_env {
+            Ok(env) => (
+                env.clone(),
+                Source::Backup {
+                    primary_error: format!("{pe:#}"),
+                },
+            ),
+            Err(be) => (
+                GrubEnv::new(),
+                Source::Defaults {
+                    error: format!("{pe:#}; {be:#}"),
+                },
+            ),
+        },
+    };
+    let backup_stale = match &backup_env {
+        Ok(b) => *b != env,
+        Err(_) => true,
+    };
+    let (state, warnings) = BootState::from_env(&env);
+    Loaded {
+        env,
+        state,
+        warnings,
+        source,
+        backup_stale,
+    }
+}
+
+/// Stores `state` (keeping other variables of `env`) in both copies.
+pub fn save(state_dir: &Path, env: &GrubEnv, state: &BootState) -> Result<()> {
+    let mut env = env.clone();
+    state.store(&mut env)?;
+    grubenv::write_atomic(&backup(state_dir), &env)?;
+    grubenv::write_atomic(&primary(state_dir), &env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Health, Slot};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("immuboot-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("grub")).unwrap();
+        d
+    }
+
+    #[test]
+    fn saves_two_copies_and_loads_the_primary() {
+        let d = dir("two");
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        let l = load(&d);
+        assert_eq!(
+            (l.state.b, l.source.clone(), l.needs_repair()),
+            (Health::Trial { tries: 3 }, Source::Primary, false)
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn garbage_primary_falls_back_to_backup() {
+        let d = dir("garbage");
+        let mut s = BootState::default();
+        s.active_slot = Slot::B;
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        std::fs::write(primary(&d), vec![0x5a; 1024]).unwrap();
+        let l = load(&d);
+        assert_eq!(l.state.active_slot, Slot::B);
+        assert!(matches!(l.source, Source::Backup { .. }));
+        assert!(l.needs_repair());
+        save(&d, &l.env, &l.state).unwrap();
+        assert_eq!(load(&d).source, Source::Primary);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn both_unreadable_gives_defaults() {
+        let d = dir("none");
+        std::fs::write(primary(&d), b"torn").unwrap();
+        let l = load(&d);
+        assert!(matches!(l.source, Source::Defaults { .. }));
+        assert_eq!(l.state, BootState::default());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_try_counted_by_grub_makes_the_backup_stale() {
+        let d = dir("stale");
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        // GRUB's save_env rewrites the primary in place.
+        let mut env = grubenv::read(&primary(&d)).unwrap();
+        env.set("immuboot_b_tries", "2").unwrap();
+        std::fs::write(primary(&d), env.to_block().unwrap()).unwrap();
+        let l = load(&d);
+        assert_eq!(l.state.b, Health::Trial { tries: 2 });
+        assert!(l.backup_stale && l.needs_repair());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

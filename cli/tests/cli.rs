@@ -1,0 +1,151 @@
+//! The `immuboot` tool against a state directory and boot facts made here,
+//! as it would see them on a booted system.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new(name: &str, booted_slot: Option<&str>) -> Sandbox {
+        let dir = std::env::temp_dir().join(format!("immuboot-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state/grub")).unwrap();
+        std::fs::create_dir_all(dir.join("facts")).unwrap();
+        let slot = booted_slot
+            .map(|s| format!("\"{s}\""))
+            .unwrap_or("null".into());
+        let mode = if booted_slot.is_some() {
+            "active"
+        } else {
+            "recovery"
+        };
+        std::fs::write(
+            dir.join("facts/boot.json"),
+            format!(r#"{{"mode":"{mode}","target":{{"mode":"{mode}","slot":{slot},"image":"/cOS/x.img"}}}}"#),
+        )
+        .unwrap();
+        Sandbox { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_immuboot"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--facts-dir")
+            .arg(self.dir.join("facts"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "immuboot {args:?} failed:\n{text}");
+        text
+    }
+
+    fn env(&self) -> PathBuf {
+        self.dir.join("state/grub/grubenv")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn grub_editenv_list(path: &Path) -> Option<String> {
+    let out = Command::new("grub-editenv")
+        .arg(path)
+        .arg("list")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn new_slot_on_trial_is_marked_good() {
+    let sb = Sandbox::new("good", Some("b"));
+    sb.ok(&["mark-active", "b", "--tries", "3"]);
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("active slot:  b")
+            && status.contains("slot b:       on trial, 3 tries left"),
+        "{status}"
+    );
+    sb.ok(&["mark-good"]);
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("slot b:       good") && status.contains("slot a:       good"),
+        "{status}"
+    );
+    // Stock GRUB tools read what we wrote.
+    if let Some(list) = grub_editenv_list(&sb.env()) {
+        assert!(
+            list.contains("immuboot_active_slot=b") && list.contains("immuboot_b_state=good"),
+            "{list}"
+        );
+    }
+}
+
+#[test]
+fn failing_health_check_marks_the_boot_bad() {
+    let sb = Sandbox::new("check", Some("b"));
+    sb.ok(&["mark-active", "b"]);
+    let checks = sb.dir.join("health.d");
+    std::fs::create_dir_all(&checks).unwrap();
+    let script = checks.join("10-network");
+    std::fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, out) = sb.run(&["mark-good", "--checks", checks.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("slot b:       bad") && status.contains("10-network failed"),
+        "{status}"
+    );
+}
+
+#[test]
+fn rollback_and_one_shot() {
+    let sb = Sandbox::new("rollback", Some("a"));
+    sb.ok(&["rollback"]);
+    assert!(sb.ok(&["status"]).contains("active slot:  b"));
+    sb.ok(&["next-boot", "recovery"]);
+    assert!(sb
+        .ok(&["status"])
+        .contains("next boot:    recovery (one-shot)"));
+    sb.ok(&["mark-bad", "testing"]);
+    let (ok, out) = sb.run(&["rollback"]);
+    assert!(!ok && out.contains("not known good"), "{out}");
+}
+
+#[test]
+fn torn_primary_is_read_from_the_backup_and_repaired_on_write() {
+    let sb = Sandbox::new("torn", Some("a"));
+    sb.ok(&["rollback"]);
+    std::fs::write(sb.env(), vec![b'#'; 1024]).unwrap();
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("from the backup copy") && status.contains("active slot:  b"),
+        "{status}"
+    );
+    sb.ok(&["next-boot", "passive"]);
+    assert!(!sb.ok(&["status"]).contains("backup copy"));
+}
+
+#[test]
+fn recovery_boot_has_no_slot_to_mark() {
+    let sb = Sandbox::new("recovery", None);
+    let (ok, out) = sb.run(&["mark-good"]);
+    assert!(!ok && out.contains("recovery"), "{out}");
+}
