@@ -8,7 +8,7 @@ use crate::config::InitConfig;
 use crate::fatal::{fatal, FatalPolicy};
 use crate::{logger, switch_root};
 use anyhow::{bail, Context, Result};
-use immuboot_assess::{grubenv, resolve_target, BootState, BootTarget, Mode, GRUBENV_PATH};
+use immuboot_assess::{resolve_target, store, BootState, BootTarget, Health, Mode, Slot};
 use immuboot_kmod as modules;
 use immuboot_mount::exec::{execute, Outcome, Status};
 use immuboot_mount::layout::{self, Layout};
@@ -43,6 +43,8 @@ pub struct BootFacts {
     pub loop_device: Option<PathBuf>,
     pub state_device: Option<PathBuf>,
     pub state_mount: Option<String>,
+    /// Why this boot is not the active slot's normal boot, if it is not.
+    pub fallback: Option<String>,
     pub oem_device: Option<PathBuf>,
     pub persistent_device: Option<PathBuf>,
     pub persistence: bool,
@@ -58,6 +60,8 @@ pub struct BootFacts {
 
 pub struct Boot {
     facts: BootFacts,
+    /// The boot state read from COS_STATE, kept to record what happens.
+    state: Option<store::Loaded>,
     fatal: FatalPolicy,
     sys: InitSyscall,
 }
@@ -148,6 +152,7 @@ pub fn run() -> ! {
             uptime_start_s: uptime(),
             ..Default::default()
         },
+        state: None,
         fatal: FatalPolicy::default(),
         sys: InitSyscall {
             linux: LinuxSyscall,
@@ -217,7 +222,7 @@ pub fn run() -> ! {
         let dev = image_dev
             .as_ref()
             .with_context(|| format!("no partition labelled {image_label}"))?;
-        mount_image(b, dev, mode_policy.image_mount, &target)
+        mount_image(b, dev, mode_policy.image_mount, &target).inspect_err(|e| record_slot_failure(b, target.slot, e))
     });
 
     let oem_entry = b.step("mount oem", |b| {
@@ -422,35 +427,80 @@ fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &str) -> Result<()> {
     })
 }
 
-/// Mounts COS_STATE read-only and reads the boot state from it.
-fn select_image(
-    b: &mut Boot,
-    cfg: &InitConfig,
-    state_dev: Option<&BlockDevice>,
-) -> Result<BootTarget> {
-    let mut state = BootState::default();
-    match state_dev {
-        Some(dev) => {
-            mount_ro(&b.sys, dev, STATE_MOUNT)?;
-            b.facts.state_mount = Some(STATE_MOUNT.into());
-            let env_path = Path::new(STATE_MOUNT).join(GRUBENV_PATH.trim_start_matches('/'));
-            match grubenv::read(&env_path) {
-                Ok(env) => {
-                    let (s, warnings) = BootState::from_env(&env);
-                    state = s;
-                    for w in warnings {
-                        b.warn(format!("boot state {}: {w}", env_path.display()));
-                    }
-                }
-                Err(e) => b.warn(format!("boot state: {e:#}; using defaults (slot a active)")),
-            }
-        }
-        None => b.warn(format!(
-            "no partition labelled {}: the boot state is unavailable in this boot",
-            cfg.labels.state
-        )),
+/// Mounts COS_STATE read-only and reads the boot state from it (the
+/// backup copy if the primary is torn or garbled).
+fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>) -> Result<BootTarget> {
+    let Some(dev) = state_dev else {
+        b.warn(format!("no partition labelled {}: the boot state is unavailable in this boot", cfg.labels.state));
+        return Ok(resolve_target(&cfg.request, &BootState::default()));
+    };
+    mount_ro(&b.sys, dev, STATE_MOUNT)?;
+    b.facts.state_mount = Some(STATE_MOUNT.into());
+    let loaded = store::load(Path::new(STATE_MOUNT));
+    for w in &loaded.warnings {
+        b.warn(format!("boot state: {w}"));
     }
-    Ok(resolve_target(&cfg.request, &state))
+    match &loaded.source {
+        store::Source::Primary => {}
+        store::Source::Backup { primary_error } => {
+            b.warn(format!("boot state: {primary_error}; using the backup copy, repairing"))
+        }
+        store::Source::Defaults { error } => {
+            b.warn(format!("boot state unreadable ({error}); using defaults and rewriting it"))
+        }
+    }
+    let target = resolve_target(&cfg.request, &loaded.state);
+    b.state = Some(loaded);
+    assess_boot(b, cfg, &target);
+    Ok(target)
+}
+
+/// Boot assessment in the init: count a try GRUB did not count, give up a
+/// slot that used its tries (we are its fallback), repair a torn block.
+fn assess_boot(b: &mut Boot, cfg: &InitConfig, target: &BootTarget) {
+    let Some(loaded) = b.state.as_mut() else { return };
+    let mut changed = loaded.needs_repair();
+    let state = &mut loaded.state;
+    if let Some(slot) = target.slot {
+        if matches!(state.health(slot), Health::Trial { .. }) && !cfg.counted_by_bootloader {
+            state.count_attempt(slot);
+            changed = true;
+            log::info!("slot {slot} is on trial: counted this boot ({:?})", state.health(slot));
+        }
+    }
+    let active = state.active_slot;
+    if target.slot != Some(active) && state.health(active) == (Health::Trial { tries: 0 }) {
+        state.mark_bad(active, "used up its boot tries without being marked good");
+        changed = true;
+    }
+    if let Some(why) = state.fallback_reason(target.mode, target.slot) {
+        b.facts.fallback = Some(why.clone());
+        log::warn!("{why}");
+    }
+    if changed {
+        save_state(b);
+    }
+}
+
+/// Writes the boot state (both copies) with COS_STATE briefly read-write.
+fn save_state(b: &mut Boot) {
+    let Some(loaded) = b.state.as_ref() else { return };
+    let dir = Path::new(STATE_MOUNT);
+    let result = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::empty(), c"")
+        .map_err(anyhow::Error::from)
+        .and_then(|()| store::save(dir, &loaded.env, &loaded.state));
+    let _ = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::RDONLY, c"");
+    if let Err(e) = result {
+        b.warn(format!("cannot write the boot state on {STATE_MOUNT}: {e:#}"));
+    }
+}
+
+/// The slot's image could not be used: mark it bad so the next boot falls
+/// back at once instead of using up its tries.
+fn record_slot_failure(b: &mut Boot, slot: Option<Slot>, error: &anyhow::Error) {
+    let (Some(slot), Some(loaded)) = (slot, b.state.as_mut()) else { return };
+    loaded.state.mark_bad(slot, &format!("{error:#}"));
+    save_state(b);
 }
 
 /// Checks the image file, attaches it to a loop device and mounts it

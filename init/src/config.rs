@@ -15,6 +15,7 @@
 //! | `immuboot.shell` | on a fatal error, start a shell before rebooting |
 //! | `immuboot.reboot_delay=SECONDS` | pause before a reboot after a fatal error (default 10) |
 //! | `immuboot.debug`, `rd.immuboot.debug` | log debug details |
+//! | `immuboot.counted=1` | GRUB already counted this boot of a slot on trial |
 //! | `init=PATH` | program to run in the new root (default /sbin/init) |
 
 use crate::cmdline::Cmdline;
@@ -37,6 +38,8 @@ pub struct InitConfig {
     pub shell_on_failure: bool,
     pub reboot_delay: Duration,
     pub debug: bool,
+    /// `immuboot.counted=1`: GRUB already took this boot off the slot's tries.
+    pub counted_by_bootloader: bool,
     pub init: String,
     /// Problems with parameters; the boot goes on with defaults.
     pub warnings: Vec<String>,
@@ -56,6 +59,7 @@ impl Default for InitConfig {
             shell_on_failure: false,
             reboot_delay: Duration::from_secs(10),
             debug: false,
+            counted_by_bootloader: false,
             init: "/sbin/init".into(),
             warnings: Vec::new(),
         }
@@ -146,6 +150,7 @@ impl InitConfig {
         }
         cfg.shell_on_failure = c.flag("immuboot.shell");
         cfg.debug = c.flag("immuboot.debug") || c.flag("rd.immuboot.debug");
+        cfg.counted_by_bootloader = c.flag("immuboot.counted");
         if let Some(init) = c.value("init").filter(|v| v.starts_with('/')) {
             cfg.init = init.to_string();
         }

@@ -99,6 +99,7 @@ fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
         .file(cli)?
         .file(&root.join("image/layout.yaml"))?
         .file(&root.join("image/initramfs-modules"))?
+        .file(&root.join("image/systemd/immuboot-mark-good.service"))?
         .file(&root.join("xtask/src/image.rs"))?
         .file(&root.join("xtask/src/initramfs.rs"))
 }
@@ -253,9 +254,16 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         workspace_root().join("image/layout.yaml"),
         root.join("etc/immuboot/layout.yaml"),
     )?;
-    for d in ["oem", "var/lib/immuboot-demo"] {
+    for d in ["oem", "var/lib/immuboot-demo", "etc/immuboot/health.d"] {
         fs::create_dir_all(root.join(d))?;
     }
+    // Boot assessment: health checks, then mark-good, after boot-complete.target.
+    let unit = "immuboot-mark-good.service";
+    fs::copy(workspace_root().join("image/systemd").join(unit), root.join("etc/systemd/system").join(unit))?;
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants)?;
+    let _ = fs::remove_file(wants.join(unit));
+    symlink(format!("../{unit}"), wants.join(unit))?;
     Ok(kver)
 }
 
@@ -269,7 +277,7 @@ pub fn grub_efi(out: &Path) -> Result<()> {
     run(Command::new("grub-mkstandalone")
         .args(["-O", "x86_64-efi", "-o"])
         .arg(out)
-        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test loadenv efi_gop all_video gzio xzio sleep reboot halt")
+        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test true loadenv efi_gop all_video gzio xzio sleep reboot halt")
         .arg(format!("boot/grub/grub.cfg={}", early.display())))
     .context("building the GRUB EFI binary")?;
     stamp.record(out)

@@ -133,9 +133,12 @@ fn build_all() -> Result<Manifest> {
         }
         fs::create_dir_all(state.join("grub"))?;
         fs::copy(&grub_cfg, state.join("grub/grub.cfg"))?;
+        // Both slots hold images known to boot; slot a (the newer) is active.
         let mut env = GrubEnv::new();
         BootState::default().store(&mut env)?;
-        fs::write(state.join("grub/grubenv"), env.to_block()?)?;
+        for copy in ["grub/grubenv", "grub/grubenv.bak"] {
+            fs::write(state.join(copy), env.to_block()?)?;
+        }
         fs::create_dir_all(parts.join("oem/immuboot"))?;
         fs::create_dir_all(parts.join("persistent"))?;
 

@@ -94,7 +94,11 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
         status.contains("booted:       active (slot a) /cOS/a.img  version 2"),
         "{status}"
     );
-    ensure!(status.contains("next boot:    active"), "{status}");
+    ensure!(status.contains("next boot:    automatic"), "{status}");
+    // Boot assessment ran after boot-complete.target and kept slot a good.
+    vm.run_ok("systemctl is-active immuboot-mark-good.service")?;
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("slot a:       good") && !status.contains("FALLBACK"), "{status}");
     // The init's lines reach the journal under the identifier immuboot.
     let journal = vm.run_ok("journalctl -b -t immuboot -o cat")?;
     ensure!(
@@ -247,5 +251,109 @@ fn s5_broken_oem_layout_is_reported_and_image_layout_used() -> Result<()> {
         persistent.contains("/.state/var-lib-immuboot-demo.bind"),
         "{persistent}"
     );
+    Ok(())
+}
+
+/// Shell to change files on COS_STATE from the booted system.
+const STATE_RW: &str = "mount -o remount,rw /run/initramfs/cos-state";
+
+fn booted(vm: &mut Vm) -> Result<(String, String)> {
+    let env = env_of(vm)?;
+    let get = |k: &str| {
+        env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").trim().to_string()
+    };
+    Ok((get("IMMUBOOT_MODE"), get("IMMUBOOT_SLOT")))
+}
+
+fn wait_marked_good(vm: &mut Vm) -> Result<String> {
+    vm.run_ok("systemctl start immuboot-mark-good.service")?;
+    vm.run_ok("immuboot status")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s6_new_slot_on_trial_boots_is_marked_good_and_stays_active() -> Result<()> {
+    let mut m = Machine::new("s6-trial-good")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok("immuboot mark-active b --tries 3")?;
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(status.contains("active slot:  b") && status.contains("slot b:       good"), "{status}");
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("slot a:       good") && !status.contains("FALLBACK"), "{status}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s7_missing_slot_image_falls_back_in_the_same_boot() -> Result<()> {
+    let mut m = Machine::new("s7-missing-image")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok(&format!("{STATE_RW} && rm /run/initramfs/cos-state/cOS/b.img && immuboot mark-active b"))?;
+    vm.reboot()?;
+    let started = std::time::Instant::now();
+    let mut vm = m.boot()?;
+    vm.expect("slot b cannot be loaded", std::time::Duration::from_secs(120))?;
+    vm.login()?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("FALLBACK:     fallback to slot a: slot b is marked bad"), "{status}");
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(status.contains("active slot:  a"), "{status}");
+    record_result("s7-missing-image", json!({"reboots_to_good_slot": 0, "seconds_to_login": started.elapsed().as_secs()}))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s8_failing_health_check_marks_slot_bad_and_falls_back() -> Result<()> {
+    let mut m = Machine::new("s8-health-check")?;
+    let mut vm = boot(&mut m)?;
+    // A check (kept on COS_OEM) that fails only on slot b.
+    let check = "/oem/immuboot/health.d/50-not-b";
+    vm.run_ok(&format!(
+        "mkdir -p /oem/immuboot/health.d && echo '#!/bin/sh' > {check} \
+         && echo '. /run/immuboot/env; [ \"$IMMUBOOT_SLOT\" != b ]' >> {check} && chmod +x {check} && {check} \
+         && immuboot mark-active b && sync"
+    ))?;
+    vm.reboot()?;
+    let started = std::time::Instant::now();
+    // Slot b boots, its check fails, the service marks it bad and reboots.
+    let mut vm = m.boot()?;
+    vm.expect(r"immuboot: booting active image /cOS/b.img", std::time::Duration::from_secs(200))?;
+    vm.wait_exit(std::time::Duration::from_secs(400))?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(status.contains("slot b:       bad") && status.contains("50-not-b failed"), "{status}");
+    ensure!(status.contains("active slot:  a"), "{status}");
+    record_result("s8-health-check", json!({"reboots_to_good_slot": 1, "seconds": started.elapsed().as_secs()}))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s9_garbage_boot_state_uses_backup_and_is_repaired() -> Result<()> {
+    let mut m = Machine::new("s9-garbage-env")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok(&format!(
+        "immuboot rollback && {STATE_RW} && head -c 1024 /dev/urandom > /run/initramfs/cos-state/grub/grubenv && sync"
+    ))?;
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    // The backup said slot b is active: GRUB and the init used it.
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        !status.contains("boot state:   from the backup copy") && status.contains("active slot:  b"),
+        "repaired? {status}"
+    );
+    let warn = vm.run_ok("journalctl -b -t immuboot -o cat | grep -c 'using the backup copy'")?;
+    ensure!(warn.trim() == "1", "{warn}");
     Ok(())
 }
