@@ -223,7 +223,13 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
         .and_then(|t| t.get("slot"))
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok());
-    let fallback = mode.and_then(|m| state.fallback_reason(m, booted));
+    // Recorded by the init at boot; a later mark-good changes the state but
+    // not why this boot was a fallback.
+    let fallback = facts
+        .and_then(|f| f.get("fallback"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| mode.and_then(|m| state.fallback_reason(m, booted)));
     if json {
         let out = serde_json::json!({
             "boot": facts,

@@ -222,7 +222,8 @@ pub fn run() -> ! {
         let dev = image_dev
             .as_ref()
             .with_context(|| format!("no partition labelled {image_label}"))?;
-        mount_image(b, dev, mode_policy.image_mount, &target).inspect_err(|e| record_slot_failure(b, target.slot, e))
+        mount_image(b, dev, mode_policy.image_mount, &target)
+            .inspect_err(|e| record_slot_failure(b, target.slot, e))
     });
 
     let oem_entry = b.step("mount oem", |b| {
@@ -429,9 +430,16 @@ fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &str) -> Result<()> {
 
 /// Mounts COS_STATE read-only and reads the boot state from it (the
 /// backup copy if the primary is torn or garbled).
-fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>) -> Result<BootTarget> {
+fn select_image(
+    b: &mut Boot,
+    cfg: &InitConfig,
+    state_dev: Option<&BlockDevice>,
+) -> Result<BootTarget> {
     let Some(dev) = state_dev else {
-        b.warn(format!("no partition labelled {}: the boot state is unavailable in this boot", cfg.labels.state));
+        b.warn(format!(
+            "no partition labelled {}: the boot state is unavailable in this boot",
+            cfg.labels.state
+        ));
         return Ok(resolve_target(&cfg.request, &BootState::default()));
     };
     mount_ro(&b.sys, dev, STATE_MOUNT)?;
@@ -442,12 +450,12 @@ fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>)
     }
     match &loaded.source {
         store::Source::Primary => {}
-        store::Source::Backup { primary_error } => {
-            b.warn(format!("boot state: {primary_error}; using the backup copy, repairing"))
-        }
-        store::Source::Defaults { error } => {
-            b.warn(format!("boot state unreadable ({error}); using defaults and rewriting it"))
-        }
+        store::Source::Backup { primary_error } => b.warn(format!(
+            "boot state: {primary_error}; using the backup copy, repairing"
+        )),
+        store::Source::Defaults { error } => b.warn(format!(
+            "boot state unreadable ({error}); using defaults and rewriting it"
+        )),
     }
     let target = resolve_target(&cfg.request, &loaded.state);
     b.state = Some(loaded);
@@ -458,14 +466,19 @@ fn select_image(b: &mut Boot, cfg: &InitConfig, state_dev: Option<&BlockDevice>)
 /// Boot assessment in the init: count a try GRUB did not count, give up a
 /// slot that used its tries (we are its fallback), repair a torn block.
 fn assess_boot(b: &mut Boot, cfg: &InitConfig, target: &BootTarget) {
-    let Some(loaded) = b.state.as_mut() else { return };
+    let Some(loaded) = b.state.as_mut() else {
+        return;
+    };
     let mut changed = loaded.needs_repair();
     let state = &mut loaded.state;
     if let Some(slot) = target.slot {
         if matches!(state.health(slot), Health::Trial { .. }) && !cfg.counted_by_bootloader {
             state.count_attempt(slot);
             changed = true;
-            log::info!("slot {slot} is on trial: counted this boot ({:?})", state.health(slot));
+            log::info!(
+                "slot {slot} is on trial: counted this boot ({:?})",
+                state.health(slot)
+            );
         }
     }
     let active = state.active_slot;
@@ -484,21 +497,27 @@ fn assess_boot(b: &mut Boot, cfg: &InitConfig, target: &BootTarget) {
 
 /// Writes the boot state (both copies) with COS_STATE briefly read-write.
 fn save_state(b: &mut Boot) {
-    let Some(loaded) = b.state.as_ref() else { return };
+    let Some(loaded) = b.state.as_ref() else {
+        return;
+    };
     let dir = Path::new(STATE_MOUNT);
     let result = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::empty(), c"")
         .map_err(anyhow::Error::from)
         .and_then(|()| store::save(dir, &loaded.env, &loaded.state));
     let _ = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::RDONLY, c"");
     if let Err(e) = result {
-        b.warn(format!("cannot write the boot state on {STATE_MOUNT}: {e:#}"));
+        b.warn(format!(
+            "cannot write the boot state on {STATE_MOUNT}: {e:#}"
+        ));
     }
 }
 
 /// The slot's image could not be used: mark it bad so the next boot falls
 /// back at once instead of using up its tries.
 fn record_slot_failure(b: &mut Boot, slot: Option<Slot>, error: &anyhow::Error) {
-    let (Some(slot), Some(loaded)) = (slot, b.state.as_mut()) else { return };
+    let (Some(slot), Some(loaded)) = (slot, b.state.as_mut()) else {
+        return;
+    };
     loaded.state.mark_bad(slot, &format!("{error:#}"));
     save_state(b);
 }

@@ -259,7 +259,10 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     }
     // Boot assessment: health checks, then mark-good, after boot-complete.target.
     let unit = "immuboot-mark-good.service";
-    fs::copy(workspace_root().join("image/systemd").join(unit), root.join("etc/systemd/system").join(unit))?;
+    fs::copy(
+        workspace_root().join("image/systemd").join(unit),
+        root.join("etc/systemd/system").join(unit),
+    )?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     fs::create_dir_all(&wants)?;
     let _ = fs::remove_file(wants.join(unit));

@@ -98,7 +98,10 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
     // Boot assessment ran after boot-complete.target and kept slot a good.
     vm.run_ok("systemctl is-active immuboot-mark-good.service")?;
     let status = vm.run_ok("immuboot status")?;
-    ensure!(status.contains("slot a:       good") && !status.contains("FALLBACK"), "{status}");
+    ensure!(
+        status.contains("slot a:       good") && !status.contains("FALLBACK"),
+        "{status}"
+    );
     // The init's lines reach the journal under the identifier immuboot.
     let journal = vm.run_ok("journalctl -b -t immuboot -o cat")?;
     ensure!(
@@ -260,7 +263,11 @@ const STATE_RW: &str = "mount -o remount,rw /run/initramfs/cos-state";
 fn booted(vm: &mut Vm) -> Result<(String, String)> {
     let env = env_of(vm)?;
     let get = |k: &str| {
-        env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or("").trim().to_string()
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .trim()
+            .to_string()
     };
     Ok((get("IMMUBOOT_MODE"), get("IMMUBOOT_SLOT")))
 }
@@ -280,12 +287,18 @@ fn s6_new_slot_on_trial_boots_is_marked_good_and_stays_active() -> Result<()> {
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
     let status = wait_marked_good(&mut vm)?;
-    ensure!(status.contains("active slot:  b") && status.contains("slot b:       good"), "{status}");
+    ensure!(
+        status.contains("active slot:  b") && status.contains("slot b:       good"),
+        "{status}"
+    );
     vm.reboot()?;
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
     let status = vm.run_ok("immuboot status")?;
-    ensure!(status.contains("slot a:       good") && !status.contains("FALLBACK"), "{status}");
+    ensure!(
+        status.contains("slot a:       good") && !status.contains("FALLBACK"),
+        "{status}"
+    );
     Ok(())
 }
 
@@ -294,18 +307,33 @@ fn s6_new_slot_on_trial_boots_is_marked_good_and_stays_active() -> Result<()> {
 fn s7_missing_slot_image_falls_back_in_the_same_boot() -> Result<()> {
     let mut m = Machine::new("s7-missing-image")?;
     let mut vm = boot(&mut m)?;
-    vm.run_ok(&format!("{STATE_RW} && rm /run/initramfs/cos-state/cOS/b.img && immuboot mark-active b"))?;
+    vm.run_ok(&format!(
+        "{STATE_RW} && rm /run/initramfs/cos-state/cOS/b.img && immuboot mark-active b"
+    ))?;
     vm.reboot()?;
     let started = std::time::Instant::now();
     let mut vm = m.boot()?;
-    vm.expect("slot b cannot be loaded", std::time::Duration::from_secs(120))?;
+    vm.expect(
+        "slot b cannot be loaded",
+        std::time::Duration::from_secs(120),
+    )?;
     vm.login()?;
     ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
     let status = vm.run_ok("immuboot status")?;
-    ensure!(status.contains("FALLBACK:     fallback to slot a: slot b is marked bad"), "{status}");
+    ensure!(
+        status.contains("FALLBACK:     fallback to slot a: slot b is marked bad"),
+        "{status}"
+    );
+    ensure!(
+        status.contains("GRUB could not load its kernel or initramfs"),
+        "{status}"
+    );
     let status = wait_marked_good(&mut vm)?;
     ensure!(status.contains("active slot:  a"), "{status}");
-    record_result("s7-missing-image", json!({"reboots_to_good_slot": 0, "seconds_to_login": started.elapsed().as_secs()}))?;
+    record_result(
+        "s7-missing-image",
+        json!({"reboots_to_good_slot": 0, "seconds_to_login": started.elapsed().as_secs()}),
+    )?;
     Ok(())
 }
 
@@ -325,14 +353,23 @@ fn s8_failing_health_check_marks_slot_bad_and_falls_back() -> Result<()> {
     let started = std::time::Instant::now();
     // Slot b boots, its check fails, the service marks it bad and reboots.
     let mut vm = m.boot()?;
-    vm.expect(r"immuboot: booting active image /cOS/b.img", std::time::Duration::from_secs(200))?;
+    vm.expect(
+        r"immuboot: booting active image /cOS/b.img",
+        std::time::Duration::from_secs(200),
+    )?;
     vm.wait_exit(std::time::Duration::from_secs(400))?;
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
     let status = wait_marked_good(&mut vm)?;
-    ensure!(status.contains("slot b:       bad") && status.contains("50-not-b failed"), "{status}");
+    ensure!(
+        status.contains("slot b:       bad") && status.contains("50-not-b failed"),
+        "{status}"
+    );
     ensure!(status.contains("active slot:  a"), "{status}");
-    record_result("s8-health-check", json!({"reboots_to_good_slot": 1, "seconds": started.elapsed().as_secs()}))?;
+    record_result(
+        "s8-health-check",
+        json!({"reboots_to_good_slot": 1, "seconds": started.elapsed().as_secs()}),
+    )?;
     Ok(())
 }
 
@@ -350,10 +387,46 @@ fn s9_garbage_boot_state_uses_backup_and_is_repaired() -> Result<()> {
     ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
     let status = vm.run_ok("immuboot status")?;
     ensure!(
-        !status.contains("boot state:   from the backup copy") && status.contains("active slot:  b"),
+        !status.contains("boot state:   from the backup copy")
+            && status.contains("active slot:  b"),
         "repaired? {status}"
     );
     let warn = vm.run_ok("journalctl -b -t immuboot -o cat | grep -c 'using the backup copy'")?;
     ensure!(warn.trim() == "1", "{warn}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s10_both_slots_bad_boots_recovery() -> Result<()> {
+    let mut m = Machine::new("s10-both-bad")?;
+    let mut vm = boot(&mut m)?;
+    // Slot a (booted) is given up; slot b goes on trial with its image gone.
+    vm.run_ok(&format!(
+        "immuboot mark-bad 'test: slot a given up' && immuboot mark-active b && {STATE_RW} \
+         && rm /run/initramfs/cos-state/cOS/b.img && sync"
+    ))?;
+    vm.reboot()?;
+    let started = std::time::Instant::now();
+    let mut vm = m.boot()?;
+    vm.expect(
+        "slot b cannot be loaded",
+        std::time::Duration::from_secs(120),
+    )?;
+    vm.login()?;
+    ensure!(booted(&mut vm)?.0 == "recovery");
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("FALLBACK:     fallback to recovery: slot b is marked bad"),
+        "{status}"
+    );
+    ensure!(
+        status.contains("slot a:       bad") && status.contains("slot b:       bad"),
+        "{status}"
+    );
+    record_result(
+        "s10-both-bad",
+        json!({"reboots_to_recovery": 0, "seconds_to_login": started.elapsed().as_secs()}),
+    )?;
     Ok(())
 }
