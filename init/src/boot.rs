@@ -481,14 +481,15 @@ fn assess_boot(b: &mut Boot, cfg: &InitConfig, target: &BootTarget) {
             );
         }
     }
+    let fallback = state.fallback_reason(target.mode, target.slot);
     let active = state.active_slot;
     if target.slot != Some(active) && state.health(active) == (Health::Trial { tries: 0 }) {
         state.mark_bad(active, "used up its boot tries without being marked good");
         changed = true;
     }
-    if let Some(why) = state.fallback_reason(target.mode, target.slot) {
-        b.facts.fallback = Some(why.clone());
+    if let Some(why) = fallback {
         log::warn!("{why}");
+        b.facts.fallback = Some(why);
     }
     if changed {
         save_state(b);

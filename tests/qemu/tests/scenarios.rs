@@ -430,3 +430,77 @@ fn s10_both_slots_bad_boots_recovery() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s11_slot_that_never_completes_a_boot_uses_its_tries_then_falls_back() -> Result<()> {
+    let mut m = Machine::new("s11-tries")?;
+    let mut vm = boot(&mut m)?;
+    // On slot b, a health check resets the machine at once: like a crash or
+    // a watchdog reset before the boot is marked good.
+    let check = "/oem/immuboot/health.d/10-crash-on-b";
+    vm.run_ok(&format!(
+        "mkdir -p /oem/immuboot/health.d && echo '#!/bin/sh' > {check} \
+         && echo '. /run/immuboot/env; [ \"$IMMUBOOT_SLOT\" != b ] || echo b > /proc/sysrq-trigger' >> {check} \
+         && chmod +x {check} && immuboot mark-active b --tries 2 && sync"
+    ))?;
+    vm.reboot()?;
+    let started = std::time::Instant::now();
+    for attempt in 1..=2 {
+        let mut vm = m.boot()?;
+        vm.expect(
+            r"immuboot: booting active image /cOS/b\.img",
+            std::time::Duration::from_secs(200),
+        )
+        .map_err(|e| e.context(format!("attempt {attempt} of slot b")))?;
+        vm.wait_exit(std::time::Duration::from_secs(400))?;
+    }
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("FALLBACK:     fallback to slot a: slot b used up its tries"),
+        "{status}"
+    );
+    ensure!(status.contains("slot b:       bad"), "{status}");
+    record_result(
+        "s11-tries-exhausted",
+        json!({"reboots_to_good_slot": 2, "seconds": started.elapsed().as_secs()}),
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s12_manual_menu_choice_keeps_counters_working() -> Result<()> {
+    let mut m = Machine::new("s12-manual")?;
+    let mut vm = boot(&mut m)?;
+    vm.run_ok("immuboot mark-active b --tries 2")?;
+    vm.reboot()?;
+    // At GRUB's menu, pick the second entry (passive, slot a) by hand.
+    let mut vm = m.boot()?;
+    vm.expect(
+        "executed automatically in",
+        std::time::Duration::from_secs(120),
+    )?;
+    vm.send("\x1b[B")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    vm.send("\r")?;
+    vm.login()?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       on trial, 2 tries left"),
+        "manual boot cost a try: {status}"
+    );
+    vm.reboot()?;
+    // The next boot is automatic again: the slot on trial boots and passes.
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(
+        status.contains("active slot:  b") && status.contains("slot b:       good"),
+        "{status}"
+    );
+    Ok(())
+}
