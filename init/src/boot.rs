@@ -279,7 +279,6 @@ pub fn run() -> ! {
     b.step("write boot facts", |b| {
         write_facts(b, &root_entry, &mounted)
     });
-    b.facts.uptime_switch_s = uptime();
     let init = cfg.init.clone();
     b.step("switch root", |_| {
         switch_root::switch_root(Path::new(SYSROOT), &init).map(|never| match never {})

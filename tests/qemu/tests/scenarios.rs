@@ -272,6 +272,18 @@ fn booted(vm: &mut Vm) -> Result<(String, String)> {
     Ok((get("IMMUBOOT_MODE"), get("IMMUBOOT_SLOT")))
 }
 
+/// Installs a health check on COS_OEM (so every slot runs it) whose body
+/// runs with the init's boot facts (`IMMUBOOT_SLOT`, ...) in its
+/// environment; returns its path.
+fn install_health_check(vm: &mut Vm, name: &str, body: &str) -> Result<String> {
+    let check = format!("/oem/immuboot/health.d/{name}");
+    vm.run_ok(&format!(
+        "mkdir -p /oem/immuboot/health.d && echo '#!/bin/sh' > {check} \
+         && echo '. /run/immuboot/env; {body}' >> {check} && chmod +x {check}"
+    ))?;
+    Ok(check)
+}
+
 fn wait_marked_good(vm: &mut Vm) -> Result<String> {
     vm.run_ok("systemctl start immuboot-mark-good.service")?;
     vm.run_ok("immuboot status")
@@ -343,12 +355,8 @@ fn s8_failing_health_check_marks_slot_bad_and_falls_back() -> Result<()> {
     let mut m = Machine::new("s8-health-check")?;
     let mut vm = boot(&mut m)?;
     // A check (kept on COS_OEM) that fails only on slot b.
-    let check = "/oem/immuboot/health.d/50-not-b";
-    vm.run_ok(&format!(
-        "mkdir -p /oem/immuboot/health.d && echo '#!/bin/sh' > {check} \
-         && echo '. /run/immuboot/env; [ \"$IMMUBOOT_SLOT\" != b ]' >> {check} && chmod +x {check} && {check} \
-         && immuboot mark-active b && sync"
-    ))?;
+    let check = install_health_check(&mut vm, "50-not-b", "[ \"$IMMUBOOT_SLOT\" != b ]")?;
+    vm.run_ok(&format!("{check} && immuboot mark-active b && sync"))?;
     vm.reboot()?;
     let started = std::time::Instant::now();
     // Slot b boots, its check fails, the service marks it bad and reboots.
@@ -438,12 +446,12 @@ fn s11_slot_that_never_completes_a_boot_uses_its_tries_then_falls_back() -> Resu
     let mut vm = boot(&mut m)?;
     // On slot b, a health check resets the machine at once: like a crash or
     // a watchdog reset before the boot is marked good.
-    let check = "/oem/immuboot/health.d/10-crash-on-b";
-    vm.run_ok(&format!(
-        "mkdir -p /oem/immuboot/health.d && echo '#!/bin/sh' > {check} \
-         && echo '. /run/immuboot/env; [ \"$IMMUBOOT_SLOT\" != b ] || echo b > /proc/sysrq-trigger' >> {check} \
-         && chmod +x {check} && immuboot mark-active b --tries 2 && sync"
-    ))?;
+    install_health_check(
+        &mut vm,
+        "10-crash-on-b",
+        "[ \"$IMMUBOOT_SLOT\" != b ] || echo b > /proc/sysrq-trigger",
+    )?;
+    vm.run_ok("immuboot mark-active b --tries 2 && sync")?;
     vm.reboot()?;
     let started = std::time::Instant::now();
     for attempt in 1..=2 {
