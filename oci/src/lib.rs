@@ -1,0 +1,1 @@
+//! OCI images flattened into a root file system directory.
