@@ -152,24 +152,7 @@ pub fn read(path: &Path) -> Result<GrubEnv> {
 /// the new block, never a mix. Writes a temporary file, fsyncs it, renames it
 /// over the old one and fsyncs the directory.
 pub fn write_atomic(path: &Path, env: &GrubEnv) -> Result<()> {
-    use std::io::Write;
-    let block = env.to_block()?;
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    let tmp = path.with_extension("new");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(&block)
-        .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot fsync directory {}", dir.display()))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, &env.to_block()?)
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! `grub-reboot`. Boot counters (tries, known-good flags) are added as further
 //! `immuboot_*` variables without changing the existing ones.
 
+pub mod digest;
+pub mod fsutil;
 pub mod grubenv;
 pub mod store;
 
@@ -308,6 +310,33 @@ impl BootState {
         };
     }
 
+    /// The slot an upgrade writes, given the slot this system booted (None:
+    /// the recovery image). Never the booted slot; when a fallback booted,
+    /// the failed slot. From recovery: a bad slot if there is one, else the
+    /// one that is not active.
+    pub fn upgrade_target(&self, booted: Option<Slot>) -> Result<Slot> {
+        match booted {
+            Some(slot) => {
+                if self.health(slot) != Health::Good {
+                    bail!(
+                        "the booted slot {slot} is not marked good yet ({}): after an upgrade it \
+                         would be the only fallback; run `immuboot mark-good` once it works, or \
+                         upgrade from the recovery system",
+                        match self.health(slot) {
+                            Health::Trial { tries } => format!("on trial, {tries} tries left"),
+                            _ => "bad".into(),
+                        }
+                    );
+                }
+                Ok(slot.other())
+            }
+            None => Ok([Slot::A, Slot::B]
+                .into_iter()
+                .find(|s| self.health(*s) == Health::Bad)
+                .unwrap_or(self.active_slot.other())),
+        }
+    }
+
     /// Makes the other slot active, if it is known good.
     pub fn rollback(&mut self) -> Result<Slot> {
         let other = self.active_slot.other();
@@ -564,6 +593,24 @@ mod tests {
         s.count_attempt(Slot::B);
         assert_eq!(s.b, Health::Trial { tries: 0 });
         assert_eq!(s.grub_automatic_choice(), Mode::Passive);
+    }
+
+    #[test]
+    fn upgrade_writes_the_slot_not_booted() {
+        let mut s = BootState::default();
+        assert_eq!(s.upgrade_target(Some(Slot::A)).unwrap(), Slot::B);
+        // Booted into the fallback: the failed slot is written, never the good one.
+        s.active_slot = Slot::B;
+        s.mark_bad(Slot::B, "panic");
+        assert_eq!(s.upgrade_target(Some(Slot::A)).unwrap(), Slot::B);
+        // A booted slot that is still on trial would be the only fallback.
+        s.activate_on_trial(Slot::A, 3);
+        assert!(s.upgrade_target(Some(Slot::A)).is_err());
+        // From recovery: the bad slot, else the one that is not active.
+        let mut s = BootState::default();
+        assert_eq!(s.upgrade_target(None).unwrap(), Slot::B);
+        s.mark_bad(Slot::A, "x");
+        assert_eq!(s.upgrade_target(None).unwrap(), Slot::A);
     }
 
     #[test]

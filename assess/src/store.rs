@@ -86,9 +86,21 @@ pub fn load(state_dir: &Path) -> Loaded {
 
 /// Stores `state` (keeping other variables of `env`) in both copies.
 pub fn save(state_dir: &Path, env: &GrubEnv, state: &BootState) -> Result<()> {
+    save_with(state_dir, env, state, || {})
+}
+
+/// [`save`], calling `between` after the backup and before the primary copy
+/// (a crash test pauses there).
+pub fn save_with(
+    state_dir: &Path,
+    env: &GrubEnv,
+    state: &BootState,
+    between: impl FnOnce(),
+) -> Result<()> {
     let mut env = env.clone();
     state.store(&mut env)?;
     grubenv::write_atomic(&backup(state_dir), &env)?;
+    between();
     grubenv::write_atomic(&primary(state_dir), &env)
 }
 

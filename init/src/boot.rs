@@ -4,17 +4,18 @@
 //! warning, is recorded in the boot facts and the boot goes on.
 
 use crate::cmdline;
-use crate::config::InitConfig;
+use crate::config::{InitConfig, Verify};
 use crate::fatal::{fatal, FatalPolicy};
 use crate::{logger, switch_root};
 use anyhow::{bail, Context, Result};
-use immuboot_assess::{resolve_target, store, BootState, BootTarget, Health, Mode, Slot};
+use immuboot_assess::{digest, resolve_target, store, BootState, BootTarget, Health, Mode, Slot};
 use immuboot_kmod as modules;
 use immuboot_mount::exec::{execute, Outcome, Status};
 use immuboot_mount::layout::{self, Layout};
 use immuboot_mount::plan::{self, FstabEntry, PlanInputs};
 use immuboot_mount::probe::{self, BlockDevice};
 use immuboot_mount::syscall::{LinuxSyscall, Syscall};
+use immuboot_mount::watchdog;
 use immuboot_recovery::{policy, RECOVERY_MOUNT, STATE_MOUNT};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -45,6 +46,8 @@ pub struct BootFacts {
     pub state_mount: Option<String>,
     /// Why this boot is not the active slot's normal boot, if it is not.
     pub fallback: Option<String>,
+    /// The watchdog armed for the hand-over to systemd.
+    pub watchdog: Option<String>,
     pub oem_device: Option<PathBuf>,
     pub persistent_device: Option<PathBuf>,
     pub persistence: bool,
@@ -64,6 +67,8 @@ pub struct Boot {
     state: Option<store::Loaded>,
     fatal: FatalPolicy,
     sys: InitSyscall,
+    /// The image digest check, running while the mounts go on.
+    image_check: Option<std::thread::JoinHandle<Result<String>>>,
 }
 
 /// The system calls of the boot, waiting for a file system's module (still
@@ -158,6 +163,7 @@ pub fn run() -> ! {
             linux: LinuxSyscall,
             modules: RefCell::new(None),
         },
+        image_check: None,
     };
     log::info!("immuboot init {} starting", env!("CARGO_PKG_VERSION"));
 
@@ -222,7 +228,16 @@ pub fn run() -> ! {
         let dev = image_dev
             .as_ref()
             .with_context(|| format!("no partition labelled {image_label}"))?;
-        mount_image(b, dev, mode_policy.image_mount, &target)
+        let verify = match cfg.verify {
+            Verify::Always => true,
+            Verify::Never => false,
+            Verify::Trial => target.slot.is_some_and(|slot| {
+                b.state
+                    .as_ref()
+                    .is_some_and(|l| matches!(l.state.health(slot), Health::Trial { .. }))
+            }),
+        };
+        mount_image(b, dev, mode_policy.image_mount, &target, verify)
             .inspect_err(|e| record_slot_failure(b, target.slot, e))
     });
 
@@ -275,7 +290,11 @@ pub fn run() -> ! {
         Ok(mounted)
     });
 
+    b.step("verify image", |b| {
+        verify_image(b, &target).inspect_err(|e| record_slot_failure(b, target.slot, e))
+    });
     b.step("finish loading kernel modules", |b| Ok(finish_modules(b)));
+    b.step("arm watchdog", |b| Ok(arm_watchdog(b, cfg.watchdog)));
     b.step("write boot facts", |b| {
         write_facts(b, &root_entry, &mounted)
     });
@@ -529,6 +548,7 @@ fn mount_image(
     dev: &BlockDevice,
     mount_at: &str,
     target: &BootTarget,
+    verify: bool,
 ) -> Result<FstabEntry> {
     if mount_at == RECOVERY_MOUNT {
         mount_ro(&b.sys, dev, RECOVERY_MOUNT)?;
@@ -552,6 +572,11 @@ fn mount_image(
         .with_context(|| format!("cannot read image {where_}"))?;
     if &magic != b"hsqs" {
         bail!("image {where_} is not a squashfs (bad superblock magic {magic:02x?})");
+    }
+    if verify {
+        start_image_check(b, &image, &where_, target)?;
+    } else {
+        log::info!("image digest not checked: not a slot on trial (immuboot.verify=always checks every boot)");
     }
     b.sys.need_module("loop");
     let loop_dev = immuboot_mount::loopdev::attach_read_only(&image)?;
@@ -577,6 +602,123 @@ fn mount_image(
         fstype: "squashfs".into(),
         options: "ro".into(),
     })
+}
+
+/// Starts hashing the image against the digest recorded when it was
+/// written; the mounts go on meanwhile (and find the image in the page
+/// cache), [`verify_image`] waits for the result before switch_root.
+fn start_image_check(b: &mut Boot, image: &Path, where_: &str, target: &BootTarget) -> Result<()> {
+    let list = PathBuf::from(digest::image_digest_path(&image.display().to_string()));
+    let text = match std::fs::read_to_string(&list) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            b.warn(format!(
+                "no digest recorded for image {} ({} is missing): its content is not checked",
+                target.image,
+                list.display()
+            ));
+            return Ok(());
+        }
+        Err(e) => bail!(
+            "cannot read the digest of image {where_} ({}): {e}",
+            list.display()
+        ),
+    };
+    let expected = digest::single(&text).with_context(|| {
+        format!(
+            "the digest list of image {where_} ({}) is invalid",
+            list.display()
+        )
+    })?;
+    let (image, where_) = (image.to_path_buf(), where_.to_string());
+    b.image_check = Some(std::thread::spawn(move || {
+        let start = Instant::now();
+        let file =
+            std::fs::File::open(&image).with_context(|| format!("cannot open image {where_}"))?;
+        let (actual, bytes) = digest::sha256_hex(file).with_context(|| {
+            format!("cannot read image {where_} (I/O error while checking its digest)")
+        })?;
+        if actual != expected {
+            bail!(
+                "image {where_} is corrupted: its SHA-256 is {actual}, the slot was written with {expected}"
+            );
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(format!(
+            "image digest matches ({} MB in {:.2} s, {:.0} MB/s)",
+            bytes >> 20,
+            secs,
+            (bytes >> 20) as f64 / secs.max(0.001)
+        ))
+    }));
+    Ok(())
+}
+
+/// Waits for the image digest check. A corrupted slot fails the boot (it
+/// is marked bad and the machine reboots into the next candidate); the
+/// recovery image is the last resort, so a mismatch there is a warning.
+fn verify_image(b: &mut Boot, target: &BootTarget) -> Result<()> {
+    let Some(check) = b.image_check.take() else {
+        return Ok(());
+    };
+    let result = check.join().unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the image digest check failed unexpectedly"
+        ))
+    });
+    match result {
+        Ok(msg) => {
+            log::info!("{msg}");
+            Ok(())
+        }
+        Err(e) if target.slot.is_none() => {
+            b.warn(format!("{e:#}; booting it anyway: it is the last resort"));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Arms a watchdog for the hand-over to systemd: a hardware one if a driver
+/// registered it, else softdog. systemd takes it over (RuntimeWatchdogSec in
+/// the image); if the new root never gets that far, the machine resets and
+/// the boot counters make the next boot fall back.
+fn arm_watchdog(b: &mut Boot, timeout: Duration) {
+    if timeout.is_zero() {
+        log::info!("watchdog: off (immuboot.watchdog=0)");
+        return;
+    }
+    let dev = Path::new("/dev");
+    let mut device = watchdog::first_device(dev);
+    if device.is_none() {
+        match modules::modules_dir().and_then(|d| modules::load_now(&d, "softdog")) {
+            Ok(report) => {
+                for e in report.errors {
+                    b.warn(format!("watchdog: {e}"));
+                }
+            }
+            Err(e) => b.warn(format!("watchdog: cannot load softdog: {e:#}")),
+        }
+        device = watchdog::first_device(dev);
+    }
+    let Some(device) = device else {
+        b.warn(
+            "watchdog: no watchdog device: a hang after switch_root will not reset the machine"
+                .into(),
+        );
+        return;
+    };
+    let who = watchdog::identity("watchdog0").unwrap_or_else(|| "watchdog".into());
+    match watchdog::arm(&device, timeout.as_secs() as u32) {
+        Ok(applied) => {
+            log::info!(
+                "watchdog: {who} ({}) armed, {applied} s until systemd takes it over",
+                device.display()
+            );
+            b.facts.watchdog = Some(format!("{who}, {applied} s"));
+        }
+        Err(e) => b.warn(format!("watchdog: {e:#}")),
+    }
 }
 
 /// The layout from /oem if valid, else the image's, else the built-in one;

@@ -16,12 +16,25 @@
 //! | `immuboot.reboot_delay=SECONDS` | pause before a reboot after a fatal error (default 10) |
 //! | `immuboot.debug`, `rd.immuboot.debug` | log debug details |
 //! | `immuboot.counted=1` | GRUB already counted this boot of a slot on trial |
+//! | `immuboot.verify=trial\|always\|never` | check the image's SHA-256 before switch_root: on a slot's trial boots (default), every boot, or never |
+//! | `immuboot.watchdog=SECONDS` | watchdog timeout armed before switch_root, until systemd takes over (default 60, 0 = off) |
 //! | `init=PATH` | program to run in the new root (default /sbin/init) |
 
 use crate::cmdline::Cmdline;
 use immuboot_assess::{BootRequest, Mode};
 use immuboot_mount::labels::Labels;
 use std::time::Duration;
+
+/// When the init checks the whole image against its recorded digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// On the boots of a slot on trial: a newly written image is checked
+    /// before it is trusted; a slot marked good was checked then. (Hashing
+    /// costs about 0.3 s per 100 MB on hardware, 6 s under emulation.)
+    Trial,
+    Always,
+    Never,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {
@@ -40,6 +53,9 @@ pub struct InitConfig {
     pub debug: bool,
     /// `immuboot.counted=1`: GRUB already took this boot off the slot's tries.
     pub counted_by_bootloader: bool,
+    pub verify: Verify,
+    /// Watchdog timeout armed before switch_root; zero leaves it off.
+    pub watchdog: Duration,
     pub init: String,
     /// Problems with parameters; the boot goes on with defaults.
     pub warnings: Vec<String>,
@@ -60,6 +76,8 @@ impl Default for InitConfig {
             reboot_delay: Duration::from_secs(10),
             debug: false,
             counted_by_bootloader: false,
+            verify: Verify::Trial,
+            watchdog: Duration::from_secs(60),
             init: "/sbin/init".into(),
             warnings: Vec::new(),
         }
@@ -142,6 +160,16 @@ impl InitConfig {
         cfg.root_read_write = c.flag("rw") && !c.flag("ro");
         cfg.device_timeout = seconds(c, "immuboot.timeout", cfg.device_timeout, w);
         cfg.reboot_delay = seconds(c, "immuboot.reboot_delay", cfg.reboot_delay, w);
+        cfg.watchdog = seconds(c, "immuboot.watchdog", cfg.watchdog, w);
+        match c.value("immuboot.verify") {
+            None => {}
+            Some("trial") => cfg.verify = Verify::Trial,
+            Some("always") => cfg.verify = Verify::Always,
+            Some("never") => cfg.verify = Verify::Never,
+            Some(v) => w.push(format!(
+                "immuboot.verify={v}: expected trial, always or never; using trial"
+            )),
+        }
         for name in ["rd.driver.pre", "immuboot.modules"] {
             if let Some(v) = c.value(name) {
                 cfg.extra_modules
@@ -180,7 +208,12 @@ mod tests {
 
     #[test]
     fn immuboot_parameters() {
-        let c = cfg("immuboot.mode=passive immuboot.slot=b immuboot.timeout=5 immuboot.modules=nvme,ahci immuboot.shell");
+        let c = cfg("immuboot.mode=passive immuboot.slot=b immuboot.timeout=5 immuboot.modules=nvme,ahci immuboot.shell immuboot.watchdog=0");
+        assert_eq!(c.watchdog, Duration::ZERO);
+        assert_eq!(cfg("").watchdog, Duration::from_secs(60));
+        assert_eq!(cfg("").verify, Verify::Trial);
+        assert_eq!(cfg("immuboot.verify=always").verify, Verify::Always);
+        assert_eq!(cfg("immuboot.verify=sometimes").warnings.len(), 1);
         assert_eq!(c.request.mode, Some(Mode::Passive));
         assert_eq!(c.request.slot, Some(Slot::B));
         assert_eq!(c.device_timeout, Duration::from_secs(5));

@@ -1,5 +1,5 @@
-//! The only unsafe code of the mount crate: loop device ioctls, which have no
-//! safe wrapper in rustix or nix.
+//! The only unsafe code of the project: loop device and watchdog ioctls,
+//! which have no safe wrapper in rustix or nix.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -25,4 +25,18 @@ pub fn loop_set_fd(loop_dev: BorrowedFd<'_>, backing: BorrowedFd<'_>) -> nix::Re
     // kernel takes its own reference to the backing file.
     unsafe { loop_set_fd_raw(loop_dev.as_raw_fd(), backing.as_raw_fd())? };
     Ok(())
+}
+
+// From <linux/watchdog.h>: WDIOC_SETTIMEOUT = _IOWR('W', 6, int).
+nix::ioctl_readwrite!(wdioc_settimeout_raw, b'W', 6, nix::libc::c_int);
+
+/// Sets a watchdog's timeout; returns the timeout the driver chose (it may
+/// round to what its hardware supports).
+pub fn watchdog_set_timeout(dev: BorrowedFd<'_>, seconds: i32) -> nix::Result<i32> {
+    let mut value: nix::libc::c_int = seconds;
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer,
+    // which points to a live local for the duration of the call; the fd is a
+    // valid open descriptor borrowed for the call.
+    unsafe { wdioc_settimeout_raw(dev.as_raw_fd(), &mut value)? };
+    Ok(value)
 }

@@ -8,5 +8,6 @@ pub mod loopdev;
 pub mod plan;
 pub mod probe;
 pub mod syscall;
+pub mod watchdog;
 
 mod ffi;

@@ -18,6 +18,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("zstd", "zstd"),
     ("pkg-config", "pkg-config"),
+    // Signing test images; the OCI registry and the tools the benchmark
+    // compares against (skopeo copy + umoci unpack + mksquashfs).
+    ("minisign", "minisign"),
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+    ("umoci", "umoci"),
 ];
 
 /// Files (not commands) and their packages.

@@ -100,6 +100,7 @@ fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
         .file(&root.join("image/layout.yaml"))?
         .file(&root.join("image/initramfs-modules"))?
         .file(&root.join("image/systemd/immuboot-mark-good.service"))?
+        .file(&root.join("image/systemd/immuboot-watchdog.conf"))?
         .file(&root.join("xtask/src/image.rs"))?
         .file(&root.join("xtask/src/initramfs.rs"))
 }
@@ -148,20 +149,119 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
             ),
         )?;
         let out = dir.join(v.file);
-        let _ = fs::remove_file(&out);
-        run(Command::new("mksquashfs").arg(&root).arg(&out).args([
-            "-comp",
-            &compression(),
-            "-noappend",
-            "-quiet",
-            "-no-progress",
-        ]))?;
+        squash(&root, &out, &[])?;
+        write_digests(&root, &out)?;
     }
+    test_variants(&root, &dir.join("test"))?;
     stamp.record(&marker)?;
     Ok(Images {
         dir,
         initramfs_bytes,
     })
+}
+
+fn squash(root: &Path, out: &Path, extra: &[&str]) -> Result<()> {
+    let _ = fs::remove_file(out);
+    run(Command::new("mksquashfs")
+        .arg(root)
+        .arg(out)
+        .args([
+            "-comp",
+            &compression(),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ])
+        .args(extra))
+}
+
+/// The digest lists an installer records beside an image (see
+/// `immuboot_assess::digest`): the whole file, and the kernel and initramfs
+/// GRUB reads from it.
+pub fn write_digests(root: &Path, image: &Path) -> Result<()> {
+    use immuboot_assess::digest;
+    let name = image
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let whole = digest::Entry {
+        sha256: digest::sha256_file(image)?,
+        name: name.clone(),
+    };
+    fs::write(
+        digest::image_digest_path(&image.display().to_string()),
+        digest::render(&[whole]),
+    )?;
+    let boot = digest::BOOT_FILES
+        .iter()
+        .map(|f| {
+            Ok(digest::Entry {
+                sha256: digest::sha256_file(&root.join(f))?,
+                name: f.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    fs::write(
+        digest::boot_digest_path(&image.display().to_string()),
+        digest::render(&boot),
+    )?;
+    Ok(())
+}
+
+/// Slot images that fail on purpose, for the boot assessment scenarios:
+/// `panic.img` (PID 1 exits at once: the kernel panics) and `hang.img`
+/// (PID 1 never starts systemd: only the watchdog can end the boot), plus
+/// `v3.img`, a good newer image to upgrade to. Compressed fast: they only
+/// have to boot in tests.
+fn test_variants(root: &Path, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let os_release = root.join("usr/lib/os-release");
+    let good = fs::read_to_string(&os_release)?;
+    let init = root.join("sbin/init");
+    let systemd_link = fs::read_link(&init).ok();
+    let fast = ["-Xcompression-level", "1"];
+    let set_version = |v: &str| -> Result<()> {
+        let text: String = good
+            .lines()
+            .map(|l| {
+                if l.starts_with("IMAGE_VERSION=") {
+                    format!("IMAGE_VERSION={v}\n")
+                } else if l.starts_with("PRETTY_NAME=") {
+                    format!("PRETTY_NAME=\"immuboot demo {v} (Debian GNU/Linux 12)\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        Ok(fs::write(&os_release, text)?)
+    };
+    let fast_or_default: &[&str] = if compression() == "gzip" { &fast } else { &[] };
+    set_version("3")?;
+    squash(root, &dir.join("v3.img"), fast_or_default)?;
+    for (name, script) in [
+        (
+            "panic",
+            "#!/bin/sh\necho 'test image: PID 1 exits, the kernel panics'\nexit 1\n",
+        ),
+        (
+            "hang",
+            "#!/bin/sh\necho 'test image: PID 1 hangs'\nexec sleep infinity\n",
+        ),
+    ] {
+        set_version(&format!("3-{name}"))?;
+        fs::remove_file(&init)?;
+        fs::write(&init, script)?;
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+        squash(root, &dir.join(format!("{name}.img")), fast_or_default)?;
+    }
+    fs::remove_file(&init)?;
+    match systemd_link {
+        Some(target) => symlink(target, &init)?,
+        None => bail!("{} was not a symlink to systemd", init.display()),
+    }
+    fs::write(&os_release, good)?;
+    Ok(())
 }
 
 /// Unpacks the tarball and makes it an immuboot image; returns the kernel
@@ -257,6 +357,14 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     for d in ["oem", "var/lib/immuboot-demo", "etc/immuboot/health.d"] {
         fs::create_dir_all(root.join(d))?;
     }
+    // systemd takes over the watchdog the init armed: a hung PID 1 resets
+    // the machine, and the boot counters fall back.
+    let conf = root.join("etc/systemd/system.conf.d");
+    fs::create_dir_all(&conf)?;
+    fs::copy(
+        workspace_root().join("image/systemd/immuboot-watchdog.conf"),
+        conf.join("immuboot-watchdog.conf"),
+    )?;
     // Boot assessment: health checks, then mark-good, after boot-complete.target.
     let unit = "immuboot-mark-good.service";
     fs::copy(
@@ -273,14 +381,14 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
 /// The GRUB EFI binary with its first config embedded.
 pub fn grub_efi(out: &Path) -> Result<()> {
     let early = workspace_root().join("image/grub/early.cfg");
-    let stamp = Stamp::default().file(&early)?.text("grub-v1");
+    let stamp = Stamp::default().file(&early)?.text("grub-v2");
     if stamp.is_current(out) {
         return Ok(());
     }
     run(Command::new("grub-mkstandalone")
         .args(["-O", "x86_64-efi", "-o"])
         .arg(out)
-        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test true loadenv efi_gop all_video gzio xzio sleep reboot halt")
+        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test true loadenv efi_gop all_video gzio xzio sleep reboot halt hashsum gcry_sha256")
         .arg(format!("boot/grub/grub.cfg={}", early.display())))
     .context("building the GRUB EFI binary")?;
     stamp.record(out)

@@ -129,7 +129,13 @@ fn build_all() -> Result<Manifest> {
             } else {
                 &state
             };
-            link_into(&images.dir.join(v.file), &dst.join("cOS").join(v.file))?;
+            for f in [
+                v.file.to_string(),
+                format!("{}.sha256", v.file),
+                format!("{}.boot.sha256", v.file),
+            ] {
+                link_into(&images.dir.join(&f), &dst.join("cOS").join(&f))?;
+            }
         }
         fs::create_dir_all(state.join("grub"))?;
         fs::copy(&grub_cfg, state.join("grub/grub.cfg"))?;
@@ -197,6 +203,34 @@ fn build_all() -> Result<Manifest> {
         fs::remove_dir_all(&parts)?;
         Ok(manifest)
     })
+    .and_then(|manifest| {
+        step("test payload disk", || {
+            test_payload(&images.dir.join("test"))
+        })?;
+        Ok(manifest)
+    })
+}
+
+/// A second disk for the scenarios (label IMMUBOOT_TEST): the test images a
+/// running guest installs with `immuboot upgrade`.
+fn test_payload(test_images: &Path) -> Result<()> {
+    let out = out_dir().join("payload.img");
+    let mut stamp = Stamp::default();
+    let mut bytes = 0;
+    for e in fs::read_dir(test_images)?.flatten() {
+        stamp = stamp.file(&e.path())?;
+        bytes += e.metadata()?.len();
+    }
+    if stamp.is_current(&out) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&out);
+    fs::File::create(&out)?.set_len(disk::mib_for(bytes, 64) << 20)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "IMMUBOOT_TEST", "-d"])
+        .arg(test_images)
+        .arg(&out))?;
+    stamp.record(&out)
 }
 
 fn run_vm(fresh: bool) -> Result<()> {

@@ -8,13 +8,15 @@ use std::process::Command;
 
 pub const SUITE: &str = "bookworm";
 /// systemd as init, udev for coldplug, the Debian kernel (its modules also
-/// feed the initramfs), and the tools the demo and tests use.
+/// feed the initramfs), the tools the demo and tests use, and mksquashfs
+/// for `immuboot upgrade` from a directory or an OCI image.
 pub const PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
     "kmod",
     "linux-image-amd64",
     "util-linux",
+    "squashfs-tools",
 ];
 
 pub fn tarball() -> Result<PathBuf> {

@@ -88,6 +88,10 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
         ),
         "-nic".into(),
         "none".into(),
+        // A hardware watchdog for the init to arm (reset on expiry; with
+        // -no-reboot QEMU then exits like on any reboot).
+        "-device".into(),
+        "i6300esb".into(),
     ]);
     if interactive {
         args.push("-nographic".into());
@@ -105,6 +109,8 @@ pub struct Machine {
     pub overlay: PathBuf,
     pub vars: PathBuf,
     pub manifest: DiskManifest,
+    /// Further QEMU arguments for every boot (a second disk, a network).
+    pub extra_args: Vec<String>,
     boots: usize,
 }
 
@@ -134,8 +140,23 @@ impl Machine {
             overlay,
             vars,
             manifest,
+            extra_args: Vec::new(),
             boots: 0,
         })
+    }
+
+    /// Attaches the test payload disk (label IMMUBOOT_TEST, read-only):
+    /// test images a guest installs with `immuboot upgrade`.
+    pub fn with_payload(mut self) -> Machine {
+        let payload = artifacts_dir().join("payload.img");
+        self.extra_args.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                payload.display()
+            ),
+        ]);
+        self
     }
 
     /// Zeroes the start of a partition inside the overlay, so its file system
@@ -158,7 +179,7 @@ impl Machine {
     pub fn boot(&mut self) -> Result<Vm> {
         self.boots += 1;
         let log = self.dir.join(format!("boot{}.log", self.boots));
-        Vm::start(&self.overlay, &self.vars, &log)
+        Vm::start(&self.overlay, &self.vars, &log, &self.extra_args)
     }
 }
 
@@ -174,9 +195,10 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn start(overlay: &Path, vars: &Path, log: &Path) -> Result<Vm> {
+    pub fn start(overlay: &Path, vars: &Path, log: &Path, extra: &[String]) -> Result<Vm> {
         let mut child = Command::new("qemu-system-x86_64")
             .args(qemu_args(overlay, "qcow2", vars, false))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
