@@ -1,5 +1,8 @@
 //! `immuboot`: the companion tool of an immuboot system.
 
+mod progress;
+mod upgrade;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use immuboot_assess::{store, BootState, Health, Mode, Slot};
@@ -66,6 +69,98 @@ enum Command {
     },
     /// Make the other slot active, if it is known good.
     Rollback,
+    /// Write a new image into the slot that did not boot (or the recovery
+    /// image), verify it, and make it the active slot on trial.
+    ///
+    /// SOURCE is a squashfs file, a directory holding a root file system,
+    /// an OCI image layout directory (or oci:DIR[:TAG]), a docker-archive
+    /// tar (docker-archive:FILE), or a registry reference
+    /// (REGISTRY/REPO:TAG, docker://REF).
+    Upgrade {
+        source: String,
+        /// Write the recovery image instead of a slot.
+        #[arg(long)]
+        recovery: bool,
+        /// Reboot into the new slot when done.
+        #[arg(long)]
+        reboot: bool,
+        #[command(flatten)]
+        opts: WriteOptions,
+    },
+    /// Recovery mode only: rewrite both slots from the recovery image (or
+    /// SOURCE) and make slot a active; optionally wipe COS_PERSISTENT and
+    /// COS_OEM.
+    Reset {
+        source: Option<String>,
+        /// Remove everything on COS_PERSISTENT (/usr/local and the
+        /// persistent paths).
+        #[arg(long)]
+        reset_persistent: bool,
+        /// Remove everything on COS_OEM.
+        #[arg(long)]
+        reset_oem: bool,
+        /// Reboot into slot a when done.
+        #[arg(long)]
+        reboot: bool,
+        #[command(flatten)]
+        opts: WriteOptions,
+    },
+}
+
+#[derive(clap::Args)]
+struct WriteOptions {
+    /// Boots the new slot gets to be marked good before the other slot
+    /// takes over again.
+    #[arg(long, default_value_t = immuboot_assess::DEFAULT_TRIES)]
+    tries: u8,
+    /// Allow a registry reached over plain http (e.g. one on localhost).
+    #[arg(long)]
+    plain_http: bool,
+    /// minisign signature of a squashfs SOURCE (default: SOURCE.minisig).
+    #[arg(long, value_name = "FILE")]
+    signature: Option<PathBuf>,
+    /// Trusted minisign public key; when any configured key exists,
+    /// unsigned or tampered images are refused [default:
+    /// /etc/immuboot/trusted.pub, /oem/immuboot/trusted.pub]
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+    /// The SHA-256 the squashfs must have (default: from SOURCE.sha256 if
+    /// present).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// gzip level (1 fastest … 9 smallest) for a directory or OCI image
+    /// squashed here [default: 9].
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(1..=9))]
+    compression_level: Option<u8>,
+    /// Where an OCI image is unpacked before it is squashed.
+    #[arg(long, value_name = "DIR", default_value = "/usr/local/.immuboot-work")]
+    work_dir: PathBuf,
+    /// Mount point of COS_RECOVERY for --recovery (default: mounted from
+    /// the partition labelled COS_RECOVERY).
+    #[arg(long, value_name = "DIR")]
+    recovery_dir: Option<PathBuf>,
+    /// Print JSON lines (steps, progress, result) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl WriteOptions {
+    fn request(&self, source: &str) -> Result<upgrade::Request> {
+        Ok(upgrade::Request {
+            source: upgrade::Source::classify(source)?,
+            tries: self.tries,
+            plain_http: self.plain_http,
+            signature: self.signature.clone(),
+            trusted_keys: if self.trusted_keys.is_empty() {
+                upgrade::TRUSTED_KEYS.iter().map(PathBuf::from).collect()
+            } else {
+                self.trusted_keys.clone()
+            },
+            work_dir: self.work_dir.clone(),
+            expected_sha256: self.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
+            compression_level: self.compression_level,
+        })
+    }
 }
 
 fn main() {
@@ -150,7 +245,194 @@ fn run(cli: Cli) -> Result<()> {
             let slot = s.rollback()?;
             Ok(format!("slot {slot} is active"))
         }),
+        Command::Upgrade {
+            source,
+            recovery,
+            reboot,
+            opts,
+        } => {
+            let req = opts.request(source)?;
+            let mut rep = progress::Reporter::new(opts.json);
+            let booted_mode = facts
+                .as_ref()
+                .and_then(|f| f.get("mode"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let installed = if *recovery {
+                upgrade::check_recovery_writable(booted_mode)?;
+                let dir = match &opts.recovery_dir {
+                    Some(d) => d.clone(),
+                    None => mount_label("COS_RECOVERY", Path::new("/run/immuboot/cos-recovery"))?,
+                };
+                with_writable(&dir, || upgrade::recovery(&req, &dir, &mut rep))?
+            } else {
+                let booted = booted_slot_or_recovery(facts.as_ref())?;
+                with_writable(&state, || {
+                    upgrade::Upgrade {
+                        state_dir: &state,
+                        booted,
+                    }
+                    .slot(&req, &mut rep)
+                })?
+            };
+            rep.result(
+                upgrade::to_json(std::slice::from_ref(&installed)),
+                &format!(
+                    "{} written: {} ({} MiB, sha256 {}{}) in {:.1} s{}",
+                    installed.target,
+                    installed.image.display(),
+                    installed.bytes >> 20,
+                    installed.sha256,
+                    installed
+                        .signed_by
+                        .as_ref()
+                        .map(|k| format!(", signature verified with {k}"))
+                        .unwrap_or_default(),
+                    installed.seconds,
+                    if *recovery {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it boots next, on trial ({} tries), with the booted slot as fallback",
+                            opts.tries.clamp(1, 9)
+                        )
+                    }
+                ),
+            );
+            if *reboot {
+                reboot_now();
+            }
+            Ok(())
+        }
+        Command::Reset {
+            source,
+            reset_persistent,
+            reset_oem,
+            reboot,
+            opts,
+        } => {
+            let booted = booted_slot_or_recovery(facts.as_ref())?;
+            if booted.is_some() {
+                anyhow::bail!("reset runs only in recovery mode: it rewrites both slots (run `immuboot next-boot recovery` and reboot)");
+            }
+            let recovery_image = format!("{}/cOS/recovery.img", immuboot_recovery::RECOVERY_MOUNT);
+            let (spec, known_good) = match source {
+                Some(s) => (s.clone(), false),
+                None => (recovery_image, true),
+            };
+            let req = opts.request(&spec)?;
+            let mut rep = progress::Reporter::new(opts.json);
+            let installed = with_writable(&state, || {
+                upgrade::Upgrade {
+                    state_dir: &state,
+                    booted: None,
+                }
+                .reset(&req, known_good, &mut rep)
+            })?;
+            for (wanted, label) in [
+                (*reset_persistent, "COS_PERSISTENT"),
+                (*reset_oem, "COS_OEM"),
+            ] {
+                if wanted {
+                    rep.step(&format!("wiping {label}"));
+                    wipe_label(label)?;
+                }
+            }
+            rep.result(
+                upgrade::to_json(&installed),
+                &format!(
+                    "reset done: slots a and b rewritten from {spec}; slot a boots next{}",
+                    if known_good { "" } else { " (on trial)" }
+                ),
+            );
+            if *reboot {
+                reboot_now();
+            }
+            Ok(())
+        }
     }
+}
+
+fn reboot_now() {
+    eprintln!("immuboot: rebooting");
+    let _ = std::process::Command::new("systemctl")
+        .arg("reboot")
+        .status();
+}
+
+/// The slot this system booted, or None when it runs the recovery image.
+fn booted_slot_or_recovery(facts: Option<&Value>) -> Result<Option<Slot>> {
+    let facts =
+        facts.context("no boot facts in /run/immuboot: this system was not booted by immuboot")?;
+    match facts
+        .get("target")
+        .and_then(|t| t.get("slot"))
+        .and_then(Value::as_str)
+    {
+        Some(s) => Ok(Some(s.parse()?)),
+        None => Ok(None),
+    }
+}
+
+/// The block device of a partition label (udev's by-label link).
+fn device_of(label: &str) -> Result<PathBuf> {
+    let link = Path::new("/dev/disk/by-label").join(label);
+    std::fs::canonicalize(&link).with_context(|| {
+        format!(
+            "no partition labelled {label} ({} is missing)",
+            link.display()
+        )
+    })
+}
+
+/// Mounts the partition labelled `label` on `at` (read-only; writers
+/// remount it), unless something is mounted there already.
+fn mount_label(label: &str, at: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(at)?;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&at.display().to_string()));
+    if !mounted {
+        let dev = device_of(label)?;
+        rustix::mount::mount(&dev, at, c"ext4", rustix::mount::MountFlags::RDONLY, c"")
+            .with_context(|| {
+                format!(
+                    "cannot mount {} ({label}) on {}",
+                    dev.display(),
+                    at.display()
+                )
+            })?;
+    }
+    Ok(at.to_path_buf())
+}
+
+/// Removes everything on the partition labelled `label` (keeping
+/// lost+found), through a private mount of it.
+fn wipe_label(label: &str) -> Result<()> {
+    let dev = device_of(label)?;
+    let at = Path::new("/run/immuboot/wipe").join(label);
+    std::fs::create_dir_all(&at)?;
+    rustix::mount::mount(&dev, &at, c"ext4", rustix::mount::MountFlags::empty(), c"")
+        .with_context(|| format!("cannot mount {} ({label})", dev.display()))?;
+    let result = (|| -> Result<()> {
+        for e in std::fs::read_dir(&at)?.flatten() {
+            if e.file_name() == "lost+found" {
+                continue;
+            }
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            }
+            .with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+        rustix::fs::sync();
+        Ok(())
+    })();
+    let _ = rustix::mount::unmount(&at, rustix::mount::UnmountFlags::empty());
+    result
 }
 
 /// The slot this system booted, from the init's boot facts.
@@ -238,6 +520,10 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
             "state_source": loaded.source,
             "state_warnings": loaded.warnings,
             "fallback": fallback,
+            "slot_versions": {
+                "a": upgrade::image_version(&state_dir.join(Slot::A.image_path().trim_start_matches('/'))),
+                "b": upgrade::image_version(&state_dir.join(Slot::B.image_path().trim_start_matches('/'))),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -319,8 +605,19 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
         }
     }
     println!("active slot:  {}", state.active_slot);
-    for slot in [Slot::A, Slot::B] {
-        println!("slot {slot}:       {}", health_text(state.health(slot)));
+    let versions: Vec<(Slot, Option<String>)> = [Slot::A, Slot::B]
+        .into_iter()
+        .map(|slot| {
+            let image = state_dir.join(slot.image_path().trim_start_matches('/'));
+            (slot, upgrade::image_version(&image))
+        })
+        .collect();
+    for (slot, version) in &versions {
+        println!(
+            "slot {slot}:       {}  (image version {})",
+            health_text(state.health(*slot)),
+            version.as_deref().unwrap_or("-")
+        );
     }
     println!(
         "next boot:    {}",
@@ -339,7 +636,7 @@ fn status(facts: Option<&Value>, state_dir: &Path, json: bool) -> Result<()> {
 }
 
 /// Runs `f` with `dir`'s file system writable, restoring read-only after.
-fn with_writable(dir: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
+fn with_writable<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let ro = rustix::fs::statvfs(dir)
         .map(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
         .unwrap_or(false);

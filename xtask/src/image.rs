@@ -209,36 +209,39 @@ pub fn write_digests(root: &Path, image: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Slot images that fail on purpose, for the boot assessment scenarios:
-/// `panic.img` (PID 1 exits at once: the kernel panics) and `hang.img`
-/// (PID 1 never starts systemd: only the watchdog can end the boot), plus
-/// `v3.img`, a good newer image to upgrade to. Compressed fast: they only
-/// have to boot in tests.
+/// Test images for the scenarios, in `dir`:
+/// - `panic.img` (PID 1 exits at once: the kernel panics) and `hang.img`
+///   (PID 1 never starts systemd: only the watchdog ends the boot);
+/// - `v3.img`, a good newer image, signed with the test key (`v3.img.minisig`,
+///   `trusted.pub`);
+/// - `rootfs-v4/`, a root file system directory (kernel modules pruned to
+///   what a QEMU guest uses, so squashing it in the guest is quick);
+/// - `oci-v5/` (beside `dir`, not on the payload disk: the scenarios push it
+///   to a registry): rootfs-v4 plus a layer that changes os-release and
+///   deletes /etc/motd (a whiteout).
+///
+/// Squashed fast (gzip level 1): they only have to boot in tests.
 fn test_variants(root: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
     fs::create_dir_all(dir)?;
     let os_release = root.join("usr/lib/os-release");
     let good = fs::read_to_string(&os_release)?;
     let init = root.join("sbin/init");
     let systemd_link = fs::read_link(&init).ok();
-    let fast = ["-Xcompression-level", "1"];
-    let set_version = |v: &str| -> Result<()> {
-        let text: String = good
-            .lines()
-            .map(|l| {
-                if l.starts_with("IMAGE_VERSION=") {
-                    format!("IMAGE_VERSION={v}\n")
-                } else if l.starts_with("PRETTY_NAME=") {
-                    format!("PRETTY_NAME=\"immuboot demo {v} (Debian GNU/Linux 12)\"\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        Ok(fs::write(&os_release, text)?)
+    let fast_gzip = ["-Xcompression-level", "1"];
+    let fast: &[&str] = if compression() == "gzip" {
+        &fast_gzip
+    } else {
+        &[]
     };
-    let fast_or_default: &[&str] = if compression() == "gzip" { &fast } else { &[] };
-    set_version("3")?;
-    squash(root, &dir.join("v3.img"), fast_or_default)?;
+    let set_version = |root: &Path, v: &str| -> Result<()> {
+        fs::write(root.join("usr/lib/os-release"), with_version(&good, v))?;
+        Ok(())
+    };
+    set_version(root, "3")?;
+    squash(root, &dir.join("v3.img"), fast)?;
     for (name, script) in [
         (
             "panic",
@@ -249,19 +252,106 @@ fn test_variants(root: &Path, dir: &Path) -> Result<()> {
             "#!/bin/sh\necho 'test image: PID 1 hangs'\nexec sleep infinity\n",
         ),
     ] {
-        set_version(&format!("3-{name}"))?;
+        set_version(root, &format!("3-{name}"))?;
         fs::remove_file(&init)?;
         fs::write(&init, script)?;
         fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-        squash(root, &dir.join(format!("{name}.img")), fast_or_default)?;
+        squash(root, &dir.join(format!("{name}.img")), fast)?;
     }
     fs::remove_file(&init)?;
     match systemd_link {
         Some(target) => symlink(target, &init)?,
         None => bail!("{} was not a symlink to systemd", init.display()),
     }
-    fs::write(&os_release, good)?;
+    fs::write(&os_release, &good)?;
+
+    // Signed v3, with the key pair kept beside the build output.
+    let keys = out_dir().join("test-keys");
+    let (public, secret) = (keys.join("trusted.pub"), keys.join("trusted.key"));
+    if !secret.exists() {
+        fs::create_dir_all(&keys)?;
+        run(Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(&public)
+            .arg("-s")
+            .arg(&secret))?;
+    }
+    run(Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(&secret)
+        .arg("-m")
+        .arg(dir.join("v3.img")))?;
+    fs::copy(&public, dir.join("trusted.pub"))?;
+
+    // A directory source: the root with most kernel modules pruned.
+    let v4 = dir.join("rootfs-v4");
+    run(Command::new("cp").arg("-a").arg(root).arg(&v4))?;
+    let kernel = fs::read_dir(v4.join("usr/lib/modules"))?
+        .flatten()
+        .next()
+        .context("no kernel modules directory")?
+        .path()
+        .join("kernel");
+    // Keep what a QEMU guest loads after boot (file systems, the network
+    // for registry pulls, virtio); drop the other drivers.
+    const KEEP_DRIVERS: &[&str] = &["net", "virtio", "block", "char", "watchdog"];
+    for e in fs::read_dir(kernel.join("drivers"))?.flatten() {
+        if !KEEP_DRIVERS.iter().any(|k| e.file_name() == *k) {
+            fs::remove_dir_all(e.path())?;
+        }
+    }
+    run(Command::new("depmod").arg("-b").arg(&v4).arg(
+        kernel
+            .parent()
+            .and_then(|p| p.file_name())
+            .context("kernel version")?,
+    ))?;
+    set_version(&v4, "4")?;
+
+    // An OCI image: rootfs-v4 and a layer on top.
+    let oci = dir.with_file_name("oci-v5");
+    if oci.exists() {
+        fs::remove_dir_all(&oci)?;
+    }
+    use immuboot_oci::{LayerEntry, LayerSource};
+    let top = vec![
+        LayerEntry::dir("usr", 0o755),
+        LayerEntry::dir("usr/lib", 0o755),
+        LayerEntry::file("usr/lib/os-release", with_version(&good, "5"), 0o644),
+        LayerEntry::dir("etc", 0o755),
+        LayerEntry::whiteout("etc/motd"),
+    ];
+    immuboot_oci::write_layout(
+        &oci,
+        "v5",
+        &[LayerSource::Dir(v4.clone()), LayerSource::Entries(top)],
+        immuboot_oci::ImageConfigInput {
+            labels: [(
+                "org.opencontainers.image.version".to_string(),
+                "5".to_string(),
+            )]
+            .into(),
+            created: None,
+        },
+    )?;
     Ok(())
+}
+
+/// os-release text with IMAGE_VERSION and PRETTY_NAME set to `version`.
+fn with_version(os_release: &str, version: &str) -> String {
+    os_release
+        .lines()
+        .map(|l| {
+            if l.starts_with("IMAGE_VERSION=") {
+                format!("IMAGE_VERSION={version}\n")
+            } else if l.starts_with("PRETTY_NAME=") {
+                format!("PRETTY_NAME=\"immuboot demo {version} (Debian GNU/Linux 12)\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
 }
 
 /// Unpacks the tarball and makes it an immuboot image; returns the kernel

@@ -1,6 +1,7 @@
 //! `cargo xtask`: build the static init, the initramfs, the demo OS images and
 //! the disk; boot it in QEMU; run every test.
 
+mod bench;
 mod disk;
 mod host;
 mod image;
@@ -47,6 +48,9 @@ enum Cmd {
     },
     /// Install the host packages the build needs (apt-get, as root).
     Deps,
+    /// Measure `immuboot upgrade` against cp + sync and against skopeo +
+    /// umoci + mksquashfs on this host; prints numbers and ratios.
+    Bench,
 }
 
 fn main() {
@@ -56,6 +60,9 @@ fn main() {
         Cmd::Run { fresh } => run_vm(fresh),
         Cmd::Test { unit, filter } => test(unit, filter),
         Cmd::Deps => host::ensure(),
+        Cmd::Bench => step("host tools", host::ensure)
+            .and_then(|()| step("static init and CLI", build_static))
+            .and_then(|(_, cli)| step("upgrade benchmark", || bench::bench(&cli))),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -215,17 +222,20 @@ fn build_all() -> Result<Manifest> {
 /// running guest installs with `immuboot upgrade`.
 fn test_payload(test_images: &Path) -> Result<()> {
     let out = out_dir().join("payload.img");
-    let mut stamp = Stamp::default();
-    let mut bytes = 0;
-    for e in fs::read_dir(test_images)?.flatten() {
-        stamp = stamp.file(&e.path())?;
-        bytes += e.metadata()?.len();
-    }
+    let images_stamp = test_images.with_file_name("a.img.stamp");
+    let stamp = Stamp::default().file(&images_stamp)?.text("payload-v2");
     if stamp.is_current(&out) {
         return Ok(());
     }
+    let du = Command::new("du").arg("-sb").arg(test_images).output()?;
+    let bytes: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("du of the test images")?;
     let _ = fs::remove_file(&out);
-    fs::File::create(&out)?.set_len(disk::mib_for(bytes, 64) << 20)?;
+    // ext4 needs room for inodes and metadata beside the files.
+    fs::File::create(&out)?.set_len(disk::mib_for(bytes + bytes / 4, 128) << 20)?;
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "IMMUBOOT_TEST", "-d"])
         .arg(test_images)

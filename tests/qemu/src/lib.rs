@@ -111,6 +111,9 @@ pub struct Machine {
     pub manifest: DiskManifest,
     /// Further QEMU arguments for every boot (a second disk, a network).
     pub extra_args: Vec<String>,
+    /// QEMU cache mode of the disk: `unsafe` (fast, the default) or
+    /// `writeback`, which honours the guest's flushes, for power-cut tests.
+    pub disk_cache: &'static str,
     boots: usize,
 }
 
@@ -141,8 +144,24 @@ impl Machine {
             vars,
             manifest,
             extra_args: Vec::new(),
+            disk_cache: "unsafe",
             boots: 0,
         })
+    }
+
+    /// A user-mode network: the guest reaches the host's 127.0.0.1 as
+    /// 10.0.2.2.
+    pub fn with_network(mut self) -> Machine {
+        self.extra_args
+            .extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+        self
+    }
+
+    /// Disk writes reach the host file when the guest flushes, so killing
+    /// QEMU is a power cut: what the guest synced survives, the rest may not.
+    pub fn for_power_cuts(mut self) -> Machine {
+        self.disk_cache = "writeback";
+        self
     }
 
     /// Attaches the test payload disk (label IMMUBOOT_TEST, read-only):
@@ -179,7 +198,12 @@ impl Machine {
     pub fn boot(&mut self) -> Result<Vm> {
         self.boots += 1;
         let log = self.dir.join(format!("boot{}.log", self.boots));
-        Vm::start(&self.overlay, &self.vars, &log, &self.extra_args)
+        let mut args = qemu_args(&self.overlay, "qcow2", &self.vars, false);
+        for a in args.iter_mut() {
+            *a = a.replace("cache=unsafe", &format!("cache={}", self.disk_cache));
+        }
+        args.extend(self.extra_args.iter().cloned());
+        Vm::start(&args, &log)
     }
 }
 
@@ -195,10 +219,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn start(overlay: &Path, vars: &Path, log: &Path, extra: &[String]) -> Result<Vm> {
+    pub fn start(args: &[String], log: &Path) -> Result<Vm> {
         let mut child = Command::new("qemu-system-x86_64")
-            .args(qemu_args(overlay, "qcow2", vars, false))
-            .args(extra)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -346,6 +369,13 @@ impl Vm {
         self.wait_exit(Duration::from_secs(180))
     }
 
+    /// Cuts the power: QEMU is killed, whatever the guest was doing.
+    pub fn power_cut(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -408,5 +438,73 @@ mod tests {
             Some(0.75)
         );
         assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
+    }
+}
+
+/// A local OCI registry (Debian's docker-registry) on 127.0.0.1, for
+/// upgrades pulled by a guest (which reaches it as 10.0.2.2:PORT).
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Registry {
+    pub fn start(name: &str) -> Result<Registry> {
+        let dir = artifacts_dir().join("registry").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n",
+                dir.join("storage").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start docker-registry (package docker-registry)")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("docker-registry did not listen on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Registry { child, port, dir })
+    }
+
+    /// Pushes an OCI layout's tag as REPO:TAG with skopeo.
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str) -> Result<()> {
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://127.0.0.1:{}/{repo}:{tag}", self.port))
+            .output()
+            .context("cannot run skopeo (package skopeo)")?;
+        if !out.status.success() {
+            bail!(
+                "skopeo copy to the registry failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

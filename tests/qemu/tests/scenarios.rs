@@ -3,7 +3,7 @@
 //! on the serial console. Run by `cargo xtask test` (they are `#[ignore]`d
 //! in a plain `cargo test` because they need the built disk).
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use immuboot_qemu_tests::{dmesg_interval, record_result, Machine, Vm};
 use serde_json::json;
 
@@ -510,5 +510,452 @@ fn s12_manual_menu_choice_keeps_counters_working() -> Result<()> {
         status.contains("active slot:  b") && status.contains("slot b:       good"),
         "{status}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Failing slots (boot assessment) and upgrades. The test images come from
+// the payload disk (label IMMUBOOT_TEST, see `cargo xtask build`) and are
+// installed the way a user would: `immuboot upgrade`.
+
+const PAYLOAD: &str = "/run/payload";
+
+fn mount_payload(vm: &mut Vm) -> Result<()> {
+    vm.run_ok(&format!(
+        "mkdir -p {PAYLOAD} && (mountpoint -q {PAYLOAD} || mount -o ro /dev/disk/by-label/IMMUBOOT_TEST {PAYLOAD})"
+    ))?;
+    Ok(())
+}
+
+fn upgrade(vm: &mut Vm, args: &str) -> Result<String> {
+    vm.run_ok(&format!("immuboot upgrade {args} 2>&1"))
+}
+
+/// Waits for QEMU to exit after a failing boot of `slot` (the kernel panics,
+/// the init reboots, or the watchdog resets the machine).
+fn failing_boot(m: &mut Machine, slot: &str, sign: &str, within: Duration) -> Result<()> {
+    let mut vm = m.boot()?;
+    vm.expect(
+        &format!(r"immuboot: booting active image /cOS/{slot}\.img"),
+        Duration::from_secs(200),
+    )?;
+    vm.expect(sign, within)?;
+    vm.wait_exit(within)
+}
+
+use std::time::{Duration, Instant};
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s13_slot_whose_kernel_panics_uses_its_tries_then_falls_back() -> Result<()> {
+    let mut m = Machine::new("s13-panic")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+    upgrade(&mut vm, &format!("{PAYLOAD}/panic.img --tries 2"))?;
+    vm.reboot()?;
+    let started = Instant::now();
+    for _ in 0..2 {
+        failing_boot(
+            &mut m,
+            "b",
+            "Kernel panic - not syncing",
+            Duration::from_secs(200),
+        )?;
+    }
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("FALLBACK:     fallback to slot a: slot b used up its tries"),
+        "{status}"
+    );
+    ensure!(image_version(&mut vm)? == "2");
+    record_result(
+        "s13-kernel-panic",
+        json!({"reboots_to_good_slot": 2, "seconds": started.elapsed().as_secs()}),
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s14_slot_that_hangs_is_reset_by_the_watchdog_then_falls_back() -> Result<()> {
+    let mut m = Machine::new("s14-hang")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+    upgrade(&mut vm, &format!("{PAYLOAD}/hang.img --tries 1"))?;
+    vm.reboot()?;
+    let started = Instant::now();
+    // PID 1 sleeps forever: nothing pets the watchdog the init armed.
+    failing_boot(
+        &mut m,
+        "b",
+        "test image: PID 1 hangs",
+        Duration::from_secs(200),
+    )?;
+    let hang_boot = started.elapsed().as_secs();
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("FALLBACK:     fallback to slot a: slot b used up its tries"),
+        "{status}"
+    );
+    let armed = vm.run_ok("journalctl -b -t immuboot -o cat | grep 'watchdog:'")?;
+    ensure!(armed.contains("armed, 60 s"), "{armed}");
+    record_result(
+        "s14-hang-watchdog",
+        json!({"reboots_to_good_slot": 1, "seconds": started.elapsed().as_secs(), "seconds_until_watchdog_reset": hang_boot}),
+    )?;
+    Ok(())
+}
+
+/// Offsets in v3.img to corrupt: one in the root file system's data, away
+/// from the kernel and initramfs, and one inside the kernel (squashfs keeps
+/// incompressible files such as the kernel as raw blocks, so their bytes can
+/// be found in the image).
+fn corruption_offsets() -> Result<(u64, u64)> {
+    let dir = immuboot_qemu_tests::artifacts_dir();
+    let image = std::fs::read(dir.join("images/test/v3.img"))?;
+    let mut regions = Vec::new();
+    let mut kernel_at = None;
+    for f in ["boot/vmlinuz", "boot/initrd.img"] {
+        let content = std::fs::read(dir.join("rootfs").join(f))?;
+        let probe = &content[4096..8192];
+        let pos = image
+            .windows(probe.len())
+            .position(|w| w == probe)
+            .with_context(|| format!("{f} is not stored raw in v3.img"))? as u64
+            - 4096;
+        regions.push(pos..pos + content.len() as u64);
+        if f == "boot/vmlinuz" {
+            kernel_at = Some(pos + content.len() as u64 / 2);
+        }
+    }
+    let len = image.len() as u64;
+    let root = [30, 50, 70, 85]
+        .iter()
+        .map(|pct| len * pct / 100)
+        .find(|off| regions.iter().all(|r| !r.contains(off)))
+        .context("no offset outside the kernel and initramfs")?;
+    Ok((root, kernel_at.context("kernel offset")?))
+}
+
+fn corrupt_slot_b(vm: &mut Vm, offset: u64) -> Result<()> {
+    vm.run_ok(&format!(
+        "{STATE_RW} && printf 'CORRUPTED BY THE TEST' | dd of=/run/initramfs/cos-state/cOS/b.img \
+         bs=1 seek={offset} conv=notrunc status=none && sync"
+    ))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s15_corrupted_slot_image_is_caught_on_its_first_boot() -> Result<()> {
+    let (root_offset, kernel_offset) = corruption_offsets()?;
+    let mut m = Machine::new("s15-corrupted")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+
+    // Bytes flipped where the root file system lies: the init's digest check.
+    upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    corrupt_slot_b(&mut vm, root_offset)?;
+    vm.reboot()?;
+    let started = Instant::now();
+    failing_boot(&mut m, "b", "is corrupted", Duration::from_secs(120))?;
+    let mut vm = boot(&mut m)?;
+    let root_seconds = started.elapsed().as_secs();
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       bad") && status.contains("is corrupted: its SHA-256 is"),
+        "{status}"
+    );
+
+    // Bytes flipped inside the kernel: GRUB's check, same boot.
+    mount_payload(&mut vm)?;
+    upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    corrupt_slot_b(&mut vm, kernel_offset)?;
+    vm.reboot()?;
+    let started = Instant::now();
+    let mut vm = m.boot()?;
+    vm.expect("slot b cannot be loaded", Duration::from_secs(200))?;
+    vm.login()?;
+    let kernel_seconds = started.elapsed().as_secs();
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       bad")
+            && status.contains("GRUB found its kernel or initramfs corrupted"),
+        "{status}"
+    );
+    record_result(
+        "s15-corrupted-image",
+        json!({
+            "root_region": {"offset": root_offset, "reboots_to_good_slot": 1, "seconds": root_seconds},
+            "kernel_region": {"offset": kernel_offset, "reboots_to_good_slot": 0, "seconds": kernel_seconds},
+        }),
+    )?;
+    Ok(())
+}
+
+fn slot_b_digest(vm: &mut Vm) -> Result<String> {
+    vm.run_ok("sha256sum /run/initramfs/cos-state/cOS/b.img | cut -d' ' -f1")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s16_signed_squashfs_upgrade_boots_and_a_tampered_one_is_refused() -> Result<()> {
+    let mut m = Machine::new("s16-upgrade-squashfs")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+    vm.run_ok(&format!(
+        "cp {PAYLOAD}/trusted.pub /oem/immuboot/trusted.pub"
+    ))?;
+    let before_status = vm.run_ok("immuboot status")?;
+    let before_digest = slot_b_digest(&mut vm)?;
+
+    // Tampered after signing: refused, nothing changed.
+    vm.run_ok(&format!(
+        "cp {PAYLOAD}/v3.img /usr/local/tampered.img && printf X | dd of=/usr/local/tampered.img \
+         bs=1 seek=50000000 conv=notrunc status=none"
+    ))?;
+    let (rc, out) = vm.run(&format!(
+        "immuboot upgrade /usr/local/tampered.img --signature {PAYLOAD}/v3.img.minisig 2>&1"
+    ))?;
+    ensure!(rc != 0 && out.contains("tampered"), "{out}");
+    // Unsigned directory: refused while a key is configured.
+    let (rc, out) = vm.run(&format!("immuboot upgrade {PAYLOAD}/rootfs-v4 2>&1"))?;
+    ensure!(rc != 0 && out.contains("only a signed squashfs"), "{out}");
+    ensure!(vm.run_ok("immuboot status")? == before_status);
+    ensure!(slot_b_digest(&mut vm)? == before_digest);
+
+    // Signed: installed, boots, is marked good.
+    let started = Instant::now();
+    let out = upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    let upgrade_seconds = started.elapsed().as_secs_f64();
+    ensure!(out.contains("signature verified"), "{out}");
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    ensure!(image_version(&mut vm)? == "3");
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(
+        status.contains("slot b:       good  (image version 3)")
+            && status.contains("slot a:       good  (image version 2)")
+            && status.contains("active slot:  b"),
+        "{status}"
+    );
+    record_result(
+        "s16-upgrade-squashfs",
+        json!({"upgrade_seconds_in_guest": upgrade_seconds}),
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s17_upgrades_from_a_directory_and_from_a_registry_boot() -> Result<()> {
+    let registry = immuboot_qemu_tests::Registry::start("s17")?;
+    let layout = immuboot_qemu_tests::artifacts_dir().join("images/oci-v5");
+    registry.push(&layout, "v5", "immuboot/os")?;
+    let mut m = Machine::new("s17-upgrade-dir-oci")?
+        .with_payload()
+        .with_network();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+
+    let started = Instant::now();
+    upgrade(
+        &mut vm,
+        &format!("{PAYLOAD}/rootfs-v4 --compression-level 1"),
+    )?;
+    let dir_seconds = started.elapsed().as_secs_f64();
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    ensure!(image_version(&mut vm)? == "4");
+    wait_marked_good(&mut vm)?;
+
+    vm.run_ok(
+        "mkdir -p /run/systemd/network && printf '[Match]\\nName=en*\\n[Network]\\nDHCP=yes\\n' \
+         > /run/systemd/network/10-test.network && systemctl start systemd-networkd \
+         && /lib/systemd/systemd-networkd-wait-online --timeout=60",
+    )?;
+    let started = Instant::now();
+    let out = upgrade(
+        &mut vm,
+        &format!(
+            "--plain-http 10.0.2.2:{}/immuboot/os:v5 --compression-level 1",
+            registry.port
+        ),
+    )?;
+    let oci_seconds = started.elapsed().as_secs_f64();
+    ensure!(out.contains("slot a written"), "{out}");
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    ensure!(image_version(&mut vm)? == "5");
+    // The top layer's whiteout removed /etc/motd.
+    let (rc, _) = vm.run("test -e /etc/motd")?;
+    ensure!(rc != 0, "/etc/motd survived its whiteout");
+    let status = wait_marked_good(&mut vm)?;
+    ensure!(
+        status.contains("slot a:       good  (image version 5)")
+            && status.contains("slot b:       good  (image version 4)"),
+        "{status}"
+    );
+    record_result(
+        "s17-upgrade-dir-oci",
+        json!({"directory_upgrade_seconds_in_guest": dir_seconds, "registry_upgrade_seconds_in_guest": oci_seconds}),
+    )?;
+    Ok(())
+}
+
+/// The named points of `immuboot upgrade` (`IMMUBOOT_PAUSE_AT`) where s18
+/// cuts the power, in two machines that run side by side: before the
+/// image is complete, and from verification to activation.
+const POWER_CUTS_WRITING: &[&str] = &[
+    "start", "marked", "write-10", "write-50", "write-90", "written",
+];
+const POWER_CUTS_INSTALLING: &[&str] =
+    &["verified", "renamed", "synced", "activating", "activated"];
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s18a_power_cut_while_the_image_is_written_leaves_a_bootable_system() -> Result<()> {
+    power_cuts("s18a-power-cut-writing", POWER_CUTS_WRITING)
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s18b_power_cut_while_the_image_is_installed_leaves_a_bootable_system() -> Result<()> {
+    power_cuts("s18b-power-cut-installing", POWER_CUTS_INSTALLING)
+}
+
+/// Cuts the power at each point of an upgrade in turn; every next boot
+/// must land on a good slot, and a final rerun must succeed and boot.
+fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
+    let mut m = Machine::new(name)?.with_payload().for_power_cuts();
+    let mut outcomes = Vec::new();
+    let mut vm = boot(&mut m)?;
+    for point in points {
+        // The booted slot is good before each upgrade (a new slot that
+        // booted after "activated" is marked good first).
+        let status = wait_marked_good(&mut vm)?;
+        ensure!(!status.contains("FALLBACK"), "before {point}: {status}");
+        mount_payload(&mut vm)?;
+        vm.send(&format!(
+            "IMMUBOOT_PAUSE_AT={point} immuboot upgrade {PAYLOAD}/v3.img\n"
+        ))?;
+        vm.expect(
+            &format!("paused at checkpoint {point}"),
+            Duration::from_secs(300),
+        )?;
+        vm.power_cut()?;
+        vm = boot(&mut m)?;
+        let (mode, slot) = booted(&mut vm)?;
+        let version = image_version(&mut vm)?;
+        ensure!(
+            mode == "active" && (version == "2" || version == "3"),
+            "after a power cut at {point}: booted {mode} slot {slot}, version {version}"
+        );
+        // A temporary file the cut left behind is removed by the next run.
+        let leftover = vm
+            .run_ok("ls -a /run/initramfs/cos-state/cOS")?
+            .contains(".new");
+        outcomes.push(json!({"point": point, "booted_slot": slot, "version": version, "leftover_temporary": leftover}));
+    }
+    // A rerun after all that succeeds and boots.
+    wait_marked_good(&mut vm)?;
+    mount_payload(&mut vm)?;
+    let out = upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    ensure!(out.contains("written"), "{out}");
+    let target = if out.contains("slot a written") {
+        "a"
+    } else {
+        "b"
+    };
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), target.into()));
+    ensure!(image_version(&mut vm)? == "3");
+    record_result(name, json!({"points": outcomes}))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s19_no_room_for_the_new_image_changes_nothing() -> Result<()> {
+    let mut m = Machine::new("s19-no-space")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    mount_payload(&mut vm)?;
+    let status = vm.run_ok("immuboot status")?;
+    let digest = slot_b_digest(&mut vm)?;
+    // Leave 40 MiB free on COS_STATE.
+    vm.run_ok(&format!(
+        "{STATE_RW} && free=$(df -B1 --output=avail /run/initramfs/cos-state | tail -1) \
+         && fallocate -l $((free - 40*1024*1024)) /run/initramfs/cos-state/filler && sync"
+    ))?;
+    let (rc, out) = vm.run(&format!("immuboot upgrade {PAYLOAD}/v3.img 2>&1"))?;
+    ensure!(rc != 0 && out.contains("not enough space"), "{out}");
+    // A directory's size is known only while it is squashed: ENOSPC then.
+    let (rc, out) = vm.run(&format!(
+        "immuboot upgrade {PAYLOAD}/rootfs-v4 --compression-level 1 2>&1"
+    ))?;
+    ensure!(
+        rc != 0 && out.contains("old image and the boot state are unchanged"),
+        "{out}"
+    );
+    ensure!(vm.run_ok("immuboot status")? == status);
+    ensure!(slot_b_digest(&mut vm)? == digest);
+    let leftovers = vm.run_ok("ls -a /run/initramfs/cos-state/cOS")?;
+    ensure!(!leftovers.contains(".new"), "{leftovers}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s20_recovery_upgrade_then_reset_from_recovery_restores_a_booting_system() -> Result<()> {
+    let mut m = Machine::new("s20-reset")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    // The recovery image is upgraded to v3 (COS_RECOVERY, same safety).
+    mount_payload(&mut vm)?;
+    let out = upgrade(&mut vm, &format!("--recovery {PAYLOAD}/v3.img"))?;
+    ensure!(out.contains("recovery written"), "{out}");
+    // A broken system: slot b gone, slot a given up, data on persistent.
+    vm.run_ok(&format!(
+        "echo precious > /root/keepme && {STATE_RW} && rm /run/initramfs/cos-state/cOS/b.img \
+         && immuboot mark-bad 'test: broken' && sync"
+    ))?;
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)?.0 == "recovery");
+    ensure!(image_version(&mut vm)? == "3");
+    mount_payload(&mut vm)?;
+    let (rc, out) = vm.run(&format!(
+        "immuboot upgrade --recovery {PAYLOAD}/v3.img 2>&1"
+    ))?;
+    ensure!(rc != 0 && out.contains("while running from it"), "{out}");
+    let started = Instant::now();
+    let out = vm.run_ok("immuboot reset --reset-persistent 2>&1")?;
+    ensure!(out.contains("reset done"), "{out}");
+    let reset_seconds = started.elapsed().as_secs_f64();
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    ensure!(image_version(&mut vm)? == "3");
+    let (rc, _) = vm.run("test -e /root/keepme")?;
+    ensure!(rc != 0, "--reset-persistent kept /root/keepme");
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot a:       good  (image version 3)")
+            && status.contains("slot b:       good  (image version 3)"),
+        "{status}"
+    );
+    record_result(
+        "s20-reset",
+        json!({"reset_seconds_in_guest": reset_seconds}),
+    )?;
     Ok(())
 }

@@ -1,0 +1,350 @@
+//! `immuboot upgrade` and `immuboot reset` against a state directory: the
+//! slot written, the digests recorded, the boot state before and after, and
+//! what is refused. Needs mksquashfs/unsquashfs (squashfs-tools) and, for
+//! the signature tests, minisign.
+
+mod common;
+
+use common::Sandbox;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A small immuboot-shaped root file system.
+fn rootfs(dir: &Path, version: &str) -> PathBuf {
+    let root = dir.join(format!("root-{version}"));
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    std::fs::write(root.join("boot/vmlinuz"), format!("kernel {version}")).unwrap();
+    std::fs::write(root.join("boot/initrd.img"), format!("initrd {version}")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/os-release"),
+        format!("ID=debian\nIMAGE_VERSION={version}\n"),
+    )
+    .unwrap();
+    root
+}
+
+fn squashfs(dir: &Path, version: &str) -> PathBuf {
+    let root = rootfs(dir, version);
+    let out = dir.join(format!("os-{version}.img"));
+    let st = Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&out)
+        .args(["-comp", "gzip", "-noappend", "-quiet", "-no-progress"])
+        .status()
+        .expect("mksquashfs (squashfs-tools)");
+    assert!(st.success());
+    out
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn state_dir(sb: &Sandbox) -> PathBuf {
+    sb.dir.join("state")
+}
+
+/// Two known-good slots, a active, as the installer leaves them.
+fn installed(sb: &Sandbox) {
+    let cos = state_dir(sb).join("cOS");
+    std::fs::create_dir_all(&cos).unwrap();
+    for slot in ["a", "b"] {
+        std::fs::write(cos.join(format!("{slot}.img")), format!("old {slot}")).unwrap();
+    }
+    sb.ok(&["mark-active", "a"]);
+    sb.ok(&["mark-good"]);
+}
+
+fn status(sb: &Sandbox) -> String {
+    sb.ok(&["status"])
+}
+
+#[test]
+fn squashfs_goes_into_the_other_slot_on_trial_with_digests() {
+    let sb = Sandbox::new("up-sqfs", Some("a"));
+    installed(&sb);
+    let img = squashfs(&sb.dir, "3");
+    let out = sb.ok(&["upgrade", img.to_str().unwrap(), "--tries", "2"]);
+    assert!(out.contains("slot b written"), "{out}");
+    let cos = state_dir(&sb).join("cOS");
+    assert_eq!(sha256(&cos.join("b.img")), sha256(&img));
+    assert_eq!(std::fs::read_to_string(cos.join("a.img")).unwrap(), "old a");
+    // The digest lists check with coreutils, as GRUB and the init check them.
+    let list = std::fs::read_to_string(cos.join("b.img.sha256")).unwrap();
+    assert_eq!(list, format!("{}  b.img\n", sha256(&img)));
+    let check = Command::new("sha256sum")
+        .args(["-c", "b.img.sha256"])
+        .current_dir(&cos)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let boot = std::fs::read_to_string(cos.join("b.img.boot.sha256")).unwrap();
+    assert!(
+        boot.contains("  boot/vmlinuz\n") && boot.contains("  boot/initrd.img\n"),
+        "{boot}"
+    );
+    let st = status(&sb);
+    assert!(
+        st.contains("active slot:  b")
+            && st.contains("slot b:       on trial, 2 tries left")
+            && st.contains("slot a:       good"),
+        "{st}"
+    );
+    // No temporary file is left.
+    let leftovers: Vec<_> = std::fs::read_dir(&cos)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn booted_into_the_fallback_writes_the_failed_slot() {
+    let sb = Sandbox::new("up-fallback", Some("a"));
+    installed(&sb);
+    // b was tried and failed; a (good) booted as the fallback.
+    sb.ok(&["mark-active", "b"]);
+    let facts = sb.dir.join("facts/boot.json");
+    let text = std::fs::read_to_string(&facts).unwrap();
+    std::fs::write(&facts, text.replace("\"a\"", "\"b\"")).unwrap();
+    sb.ok(&["mark-bad", "kernel panic"]);
+    std::fs::write(&facts, text).unwrap();
+    let img = squashfs(&sb.dir, "4");
+    let out = sb.ok(&["upgrade", img.to_str().unwrap()]);
+    assert!(out.contains("slot b written"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(state_dir(&sb).join("cOS/a.img")).unwrap(),
+        "old a"
+    );
+}
+
+#[test]
+fn a_booted_slot_not_yet_marked_good_is_not_the_only_fallback() {
+    let sb = Sandbox::new("up-trial", Some("a"));
+    installed(&sb);
+    sb.ok(&["mark-active", "a", "--tries", "3"]);
+    let before = std::fs::read(sb.env()).unwrap();
+    let img = squashfs(&sb.dir, "3");
+    let (ok, out) = sb.run(&["upgrade", img.to_str().unwrap()]);
+    assert!(!ok && out.contains("not marked good yet"), "{out}");
+    assert_eq!(std::fs::read(sb.env()).unwrap(), before);
+}
+
+#[test]
+fn directory_is_squashed_into_the_slot() {
+    let sb = Sandbox::new("up-dir", Some("b"));
+    installed(&sb);
+    sb.ok(&["mark-active", "b"]);
+    sb.ok(&["mark-good"]);
+    let root = rootfs(&sb.dir, "5");
+    let out = sb.ok(&["upgrade", root.to_str().unwrap()]);
+    assert!(out.contains("slot a written"), "{out}");
+    let cat = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(state_dir(&sb).join("cOS/a.img"))
+        .arg("usr/lib/os-release")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("IMAGE_VERSION=5"));
+    assert!(status(&sb).contains("active slot:  a"));
+}
+
+#[test]
+fn failure_after_marking_restores_the_state_and_removes_the_temporary() {
+    let sb = Sandbox::new("up-fail", Some("a"));
+    installed(&sb);
+    let before = status(&sb);
+    // A squashfs without a kernel inside: written, then refused.
+    let root = sb.dir.join("nokernel");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let img = sb.dir.join("nokernel.img");
+    assert!(Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&img)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap()
+        .success());
+    let (ok, out) = sb.run(&["upgrade", img.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("boot/vmlinuz") && out.contains("unchanged"),
+        "{out}"
+    );
+    assert_eq!(status(&sb), before);
+    assert_eq!(
+        std::fs::read_to_string(state_dir(&sb).join("cOS/b.img")).unwrap(),
+        "old b"
+    );
+    assert!(!state_dir(&sb).join("cOS/.b.img.new").exists());
+}
+
+#[test]
+fn wrong_digest_is_refused_and_nothing_changes() {
+    let sb = Sandbox::new("up-digest", Some("a"));
+    installed(&sb);
+    let before = status(&sb);
+    let img = squashfs(&sb.dir, "3");
+    let (ok, out) = sb.run(&[
+        "upgrade",
+        img.to_str().unwrap(),
+        "--sha256",
+        &"0".repeat(64),
+    ]);
+    assert!(!ok && out.contains("expected"), "{out}");
+    assert_eq!(status(&sb), before);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_upgrade_are_removed() {
+    let sb = Sandbox::new("up-leftover", Some("a"));
+    installed(&sb);
+    let cos = state_dir(&sb).join("cOS");
+    std::fs::write(cos.join(".b.img.new"), "half").unwrap();
+    std::fs::create_dir_all(cos.join(".upgrade-99/etc")).unwrap();
+    let img = squashfs(&sb.dir, "3");
+    let out = sb.ok(&["upgrade", img.to_str().unwrap()]);
+    assert!(out.contains("interrupted upgrade"), "{out}");
+    assert!(!cos.join(".upgrade-99").exists());
+}
+
+#[test]
+fn recovery_image_is_never_written_from_recovery_and_slots_are_reset() {
+    let sb = Sandbox::new("up-reset", None);
+    installed_from_recovery(&sb);
+    let img = squashfs(&sb.dir, "7");
+    let recovery = sb.dir.join("recovery");
+    std::fs::create_dir_all(&recovery).unwrap();
+    let (ok, out) = sb.run(&[
+        "upgrade",
+        "--recovery",
+        "--recovery-dir",
+        recovery.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("while running from it"), "{out}");
+    let out = sb.ok(&["reset", img.to_str().unwrap(), "--tries", "2"]);
+    assert!(out.contains("reset done"), "{out}");
+    let cos = state_dir(&sb).join("cOS");
+    assert_eq!(sha256(&cos.join("a.img")), sha256(&img));
+    assert_eq!(sha256(&cos.join("b.img")), sha256(&img));
+    let st = status(&sb);
+    assert!(
+        st.contains("active slot:  a") && st.contains("slot a:       on trial, 2 tries left"),
+        "{st}"
+    );
+}
+
+fn installed_from_recovery(sb: &Sandbox) {
+    let cos = state_dir(sb).join("cOS");
+    std::fs::create_dir_all(&cos).unwrap();
+    std::fs::write(cos.join("a.img"), "old a").unwrap();
+    std::fs::write(cos.join("b.img"), "old b").unwrap();
+}
+
+#[test]
+fn reset_needs_recovery_mode() {
+    let sb = Sandbox::new("up-reset-normal", Some("a"));
+    installed(&sb);
+    let img = squashfs(&sb.dir, "7");
+    let (ok, out) = sb.run(&["reset", img.to_str().unwrap()]);
+    assert!(!ok && out.contains("only in recovery mode"), "{out}");
+}
+
+/// A minisign key pair without a password; None when minisign is missing.
+fn keypair(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let (public, secret) = (dir.join("trusted.pub"), dir.join("trusted.key"));
+    let st = Command::new("minisign")
+        .args(["-G", "-W", "-f", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .ok()?;
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    Some((public, secret))
+}
+
+fn sign(secret: &Path, file: &Path) {
+    let st = Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(secret)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn with_a_trusted_key_only_signed_untampered_images_install() {
+    let sb = Sandbox::new("up-sign", Some("a"));
+    installed(&sb);
+    let (public, secret) =
+        keypair(&sb.dir).expect("minisign is needed (cargo xtask deps installs it)");
+    let key = public.to_str().unwrap().to_string();
+    let img = squashfs(&sb.dir, "3");
+    let before = status(&sb);
+
+    // Unsigned: refused.
+    let (ok, out) = sb.run(&["upgrade", img.to_str().unwrap(), "--trusted-key", &key]);
+    assert!(!ok && out.contains("unsigned images are refused"), "{out}");
+    assert_eq!(status(&sb), before);
+
+    // Tampered after signing: refused, nothing changed.
+    sign(&secret, &img);
+    let tampered = sb.dir.join("tampered.img");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&tampered, bytes).unwrap();
+    let sig = format!("{}.minisig", img.display());
+    let (ok, out) = sb.run(&[
+        "upgrade",
+        tampered.to_str().unwrap(),
+        "--signature",
+        &sig,
+        "--trusted-key",
+        &key,
+    ]);
+    assert!(!ok && out.contains("tampered"), "{out}");
+    assert_eq!(status(&sb), before);
+    assert_eq!(
+        std::fs::read_to_string(state_dir(&sb).join("cOS/b.img")).unwrap(),
+        "old b"
+    );
+
+    // A directory cannot carry a signature: refused.
+    let root = rootfs(&sb.dir, "9");
+    let (ok, out) = sb.run(&["upgrade", root.to_str().unwrap(), "--trusted-key", &key]);
+    assert!(!ok && out.contains("only a signed squashfs"), "{out}");
+
+    // Signed and intact: installed.
+    let out = sb.ok(&[
+        "upgrade",
+        img.to_str().unwrap(),
+        "--trusted-key",
+        &key,
+        "--json",
+    ]);
+    assert!(
+        out.contains("\"signed_by\"") && out.contains("trusted.pub"),
+        "{out}"
+    );
+    assert!(status(&sb).contains("active slot:  b"));
+}

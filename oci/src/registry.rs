@@ -1,0 +1,286 @@
+//! Unpacking from a registry with oci-client.
+//!
+//! Layers are downloaded one at a time into a staging directory next to the
+//! destination (not /tmp, often a small tmpfs), verified, unpacked and
+//! deleted: unverified bytes never reach the tree, and at most one layer
+//! sits on disk besides it.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
+
+use crate::apply::Unpacker;
+use crate::digest::{check, verify_bytes};
+use crate::layout::{check_diff_id, check_layer_media_type, MAX_METADATA};
+use crate::{prepare_dest, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage};
+
+/// Picks linux on this machine's architecture from an image index.
+fn platform_resolver(manifests: &[ImageIndexEntry]) -> Option<String> {
+    manifests
+        .iter()
+        .find(|entry| {
+            entry.platform.as_ref().is_some_and(|p| {
+                p.os.to_string() == "linux" && p.architecture.to_string() == crate::host_arch()
+            })
+        })
+        .map(|entry| entry.digest.clone())
+}
+
+/// Turns a client error into one with a hint where the cause is typical.
+fn explain(
+    err: oci_client::errors::OciDistributionError,
+    registry: &str,
+    plain_http: bool,
+) -> anyhow::Error {
+    use oci_client::errors::OciDistributionError as E;
+    let auth = matches!(
+        err,
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_)
+    );
+    let err = anyhow::Error::from(err);
+    let text = format!("{err:#}");
+    let hint = if auth {
+        Some("only anonymous pulls are supported; is the repository public?".to_owned())
+    } else if !plain_http
+        && (text.contains("InvalidContentType")
+            || text.contains("corrupt message")
+            || text.contains("wrong version number"))
+    {
+        Some(format!(
+            "registry {registry} answered HTTP, not HTTPS; pass --plain-http to allow an unencrypted registry"
+        ))
+    } else if plain_http && text.contains("HTTP request to an HTTPS server") {
+        Some(format!(
+            "registry {registry} speaks HTTPS; drop --plain-http"
+        ))
+    } else if text.contains("certificate") || text.contains("UnknownIssuer") {
+        Some(format!(
+            "the TLS certificate of {registry} is not trusted by the system CA store (/etc/ssl/certs)"
+        ))
+    } else if [
+        "manifest unknown",
+        "manifest_unknown",
+        "name unknown",
+        "name_unknown",
+        "code: 404",
+    ]
+    .iter()
+    .any(|s| text.to_lowercase().contains(s))
+    {
+        Some("check the repository name and tag".to_owned())
+    } else if text.contains("onnect") || text.contains("dns error") {
+        Some(format!("is the registry {registry} reachable?"))
+    } else {
+        None
+    };
+    match hint {
+        // Flattened so the hint comes last, after the cause it explains.
+        Some(hint) => anyhow!("{}; hint: {hint}", text.trim_end()),
+        None => err,
+    }
+}
+
+struct Session {
+    client: Client,
+    reference: Reference,
+    registry: String,
+    plain_http: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Session {
+    /// Streams a blob into `sink`, refusing more bytes than its descriptor
+    /// promises, and verifies digest and size.
+    fn download(
+        &self,
+        desc: &OciDescriptor,
+        what: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        let size = u64::try_from(desc.size).map_err(|_| anyhow!("{what} has a negative size"))?;
+        self.runtime.block_on(async {
+            let mut stream = self
+                .client
+                .pull_blob_stream(&self.reference, desc)
+                .await
+                .map_err(|e| explain(e, &self.registry, self.plain_http))?;
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            while let Some(chunk) = stream.next().await {
+                // oci-client checks the digest at the end of the stream too;
+                // its error then surfaces here, under our context.
+                let chunk = chunk?;
+                len += chunk.len() as u64;
+                if len > size {
+                    bail!("the registry sent more than the {size} bytes of {what}");
+                }
+                hasher.update(&chunk);
+                sink(&chunk)?;
+            }
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            check(&actual, len, &desc.digest, Some(size), what)?;
+            Ok(len)
+        })
+    }
+}
+
+pub(crate) fn unpack(
+    reference: &str,
+    plain_http: bool,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<UnpackedImage> {
+    let parsed: Reference = reference
+        .parse()
+        .with_context(|| format!("invalid image reference {reference:?}"))?;
+    let registry = parsed.resolve_registry().to_owned();
+    let config = ClientConfig {
+        // Plain HTTP for this registry only: a token realm elsewhere stays HTTPS.
+        protocol: if plain_http {
+            ClientProtocol::HttpsExcept(vec![registry.clone()])
+        } else {
+            ClientProtocol::Https
+        },
+        platform_resolver: Some(Box::new(platform_resolver)),
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(120)),
+        ..ClientConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let session = Session {
+        client: Client::new(config),
+        reference: parsed,
+        registry,
+        plain_http,
+        runtime,
+    };
+    let (manifest, manifest_digest) = session
+        .runtime
+        .block_on(
+            session
+                .client
+                .pull_image_manifest(&session.reference, &RegistryAuth::Anonymous),
+        )
+        .map_err(|e| explain(e, &session.registry, plain_http))
+        .with_context(|| format!("fetching the manifest of {reference}"))?;
+
+    let mut config_bytes = Vec::new();
+    session
+        .download(&manifest.config, "the image config", |chunk| {
+            config_bytes.extend_from_slice(chunk);
+            if config_bytes.len() as u64 > MAX_METADATA {
+                bail!("the image config is larger than {MAX_METADATA} bytes");
+            }
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "fetching image config {} of {reference}",
+                manifest.config.digest
+            )
+        })?;
+    // download() verified it; checking again costs nothing and keeps the
+    // invariant local.
+    verify_bytes(
+        &config_bytes,
+        &manifest.config.digest,
+        None,
+        "the image config",
+    )?;
+    let config = ConfigFile::parse(&config_bytes, "the image config")?;
+    config.check_platform()?;
+    let diff_ids = config.diff_ids();
+    let layers = &manifest.layers;
+    if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
+        bail!(
+            "the image config lists {} diff_ids but the manifest {} layers",
+            diff_ids.len(),
+            layers.len()
+        );
+    }
+
+    prepare_dest(dest)?;
+    let dest = fs::canonicalize(dest)?;
+    let staging_parent = dest
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(std::env::temp_dir);
+    let staging = tempfile::Builder::new()
+        .prefix(".immuboot-oci-download-")
+        .tempdir_in(&staging_parent)
+        .with_context(|| {
+            format!(
+                "creating a download directory in {}",
+                staging_parent.display()
+            )
+        })?;
+
+    let mut unpacker = Unpacker::new(&dest)?;
+    let total: u64 = layers
+        .iter()
+        .map(|l| u64::try_from(l.size).unwrap_or(0))
+        .sum();
+    let mut reporter = Reporter::new(progress, layers.len(), Some(total));
+    for (i, desc) in layers.iter().enumerate() {
+        let what = format!("layer {} of {} ({})", i + 1, layers.len(), desc.digest);
+        check_layer_media_type(&desc.media_type, &what)?;
+        if desc.urls.as_ref().is_some_and(|u| !u.is_empty()) && desc.media_type.contains("foreign")
+        {
+            // Foreign layers live outside the registry; fetching them from
+            // arbitrary URLs is not something an OS update should do.
+            bail!(
+                "{what} is a foreign layer (stored outside the registry), which is not supported"
+            );
+        }
+
+        reporter.start("download", i + 1);
+        let path = staging.path().join(format!("layer-{i}"));
+        let mut file = BufWriter::new(
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        session
+            .download(desc, &what, |chunk| {
+                file.write_all(chunk)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                reporter.add(chunk.len() as u64);
+                Ok(())
+            })
+            .with_context(|| format!("downloading {what} from {reference}"))?;
+        file.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+        drop(file);
+        reporter.finish();
+
+        reporter.start("unpack", i + 1);
+        let blob = fs::File::open(&path)?;
+        let diff_id = unpacker.apply_layer(
+            ProgressReader {
+                inner: blob,
+                reporter: &mut reporter,
+            },
+            &what,
+        )?;
+        reporter.finish();
+        fs::remove_file(&path).ok();
+        check_diff_id(&diff_id, diff_ids.get(i), &what)?;
+    }
+    unpacker.finish()?;
+    Ok(UnpackedImage {
+        manifest_digest,
+        config_digest: manifest.config.digest.clone(),
+        layers: layers.len(),
+        bytes: total,
+        labels: config.labels(),
+    })
+}
