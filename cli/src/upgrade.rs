@@ -130,15 +130,18 @@ pub fn checkpoint(name: &str) {
     }
 }
 
-/// Removes what an interrupted upgrade left in an image directory: our
-/// temporary files (`.NAME.new`) and unpack directories.
+/// Removes what an interrupted upgrade left in an image or work directory:
+/// our temporary files (`.NAME.new`), unpack and download directories.
 pub fn clean_leftovers(dir: &Path, rep: &mut Reporter) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && (name.ends_with(".new") || name.starts_with(".upgrade-")) {
+        let ours = name.ends_with(".new")
+            || name.starts_with(".upgrade-")
+            || name.starts_with(".immuboot-oci-download-");
+        if name.starts_with('.') && ours {
             rep.step(&format!(
                 "removing {} left by an interrupted upgrade",
                 e.path().display()
@@ -289,6 +292,13 @@ pub fn write_image(
                 None
             }
             Source::Oci(spec) => {
+                std::fs::create_dir_all(&req.work_dir).with_context(|| {
+                    format!(
+                        "cannot create the work directory {}",
+                        req.work_dir.display()
+                    )
+                })?;
+                clean_leftovers(&req.work_dir, rep)?;
                 let unpack = req
                     .work_dir
                     .join(format!(".upgrade-{}", std::process::id()));

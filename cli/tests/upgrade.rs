@@ -348,3 +348,56 @@ fn with_a_trusted_key_only_signed_untampered_images_install() {
     );
     assert!(status(&sb).contains("active slot:  b"));
 }
+
+#[test]
+fn oci_layout_is_flattened_and_squashed_into_the_slot() {
+    use immuboot_oci::{LayerEntry, LayerSource};
+    let sb = Sandbox::new("up-oci", Some("a"));
+    installed(&sb);
+    let root = rootfs(&sb.dir, "4");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/motd"), "hello").unwrap();
+    let layout = sb.dir.join("layout");
+    immuboot_oci::write_layout(
+        &layout,
+        "v5",
+        &[
+            LayerSource::Dir(root),
+            LayerSource::Entries(vec![
+                LayerEntry::dir("usr", 0o755),
+                LayerEntry::dir("usr/lib", 0o755),
+                LayerEntry::file("usr/lib/os-release", "IMAGE_VERSION=5\n", 0o644),
+                LayerEntry::dir("etc", 0o755),
+                LayerEntry::whiteout("etc/motd"),
+            ]),
+        ],
+        Default::default(),
+    )
+    .unwrap();
+    // A download directory left by an interrupted pull is cleaned up.
+    let work = sb.dir.join("work");
+    std::fs::create_dir_all(work.join(".immuboot-oci-download-x")).unwrap();
+    let spec = format!("oci:{}:v5", layout.display());
+    let out = sb.ok(&[
+        "upgrade",
+        &spec,
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--compression-level",
+        "1",
+    ]);
+    assert!(out.contains("slot b written"), "{out}");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    let image = state_dir(&sb).join("cOS/b.img");
+    let list = Command::new("unsquashfs")
+        .arg("-l")
+        .arg(&image)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("boot/vmlinuz") && !list.contains("motd"),
+        "{list}"
+    );
+    assert!(status(&sb).contains("slot b:       on trial, 3 tries left  (image version 5)"));
+}
