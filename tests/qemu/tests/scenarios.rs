@@ -621,15 +621,18 @@ fn corruption_offsets() -> Result<(u64, u64)> {
     let mut kernel_at = None;
     for f in ["boot/vmlinuz", "boot/initrd.img"] {
         let content = std::fs::read(dir.join("rootfs").join(f))?;
-        let probe = &content[4096..8192];
+        // A block from the middle: the payload of a kernel or a compressed
+        // initramfs does not compress, so it is stored raw.
+        let middle = content.len() / 2 / 131072 * 131072;
+        let probe = &content[middle..middle + 4096];
         let pos = image
             .windows(probe.len())
             .position(|w| w == probe)
-            .with_context(|| format!("{f} is not stored raw in v3.img"))? as u64
-            - 4096;
-        regions.push(pos..pos + content.len() as u64);
+            .with_context(|| format!("{f} is not stored raw in v3.img"))? as u64;
+        let start = pos.saturating_sub(middle as u64);
+        regions.push(start..start + content.len() as u64);
         if f == "boot/vmlinuz" {
-            kernel_at = Some(pos + content.len() as u64 / 2);
+            kernel_at = Some(pos);
         }
     }
     let len = image.len() as u64;
