@@ -390,9 +390,14 @@ fn s9_garbage_boot_state_uses_backup_and_is_repaired() -> Result<()> {
         "immuboot rollback && {STATE_RW} && head -c 1024 /dev/urandom > /run/initramfs/cos-state/grub/grubenv && sync"
     ))?;
     vm.reboot()?;
+    let started = std::time::Instant::now();
     let mut vm = boot(&mut m)?;
     // The backup said slot b is active: GRUB and the init used it.
     ensure!(booted(&mut vm)? == ("active".into(), "b".into()));
+    record_result(
+        "s9-garbage-env",
+        json!({"reboots_to_good_slot": 0, "seconds_to_login": started.elapsed().as_secs()}),
+    )?;
     let status = vm.run_ok("immuboot status")?;
     ensure!(
         !status.contains("boot state:   from the backup copy")
