@@ -132,12 +132,32 @@ impl Session {
     }
 }
 
+/// The HTTP client (oci-client builds reqwest's with the platform
+/// verifier) aborts the process when the system has no CA certificate at
+/// all, even for a plain-http registry; say so before that happens.
+fn check_ca_store() -> Result<()> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        bail!(
+            "no CA certificates found on this system ({}): install the ca-certificates \
+             package in the image, or point SSL_CERT_FILE at a PEM bundle",
+            found
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "the system store is empty".into())
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn unpack(
     reference: &str,
     plain_http: bool,
     dest: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<UnpackedImage> {
+    check_ca_store()?;
     let parsed: Reference = reference
         .parse()
         .with_context(|| format!("invalid image reference {reference:?}"))?;

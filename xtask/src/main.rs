@@ -176,11 +176,12 @@ fn build_all() -> Result<Manifest> {
                 size_mib: disk::mib_for(img_size("recovery.img")?, 64),
                 content: Content::Ext4(recovery.clone()),
             },
-            // Two slots plus room for the temporary file of an upgrade.
+            // Two slots plus room for the temporary file of an upgrade (and
+            // for a new image somewhat larger than today's).
             PartSpec {
                 label: "COS_STATE",
                 type_code: "8300",
-                size_mib: disk::mib_for(3 * slot, 64),
+                size_mib: disk::mib_for(3 * slot + slot / 2, 128),
                 content: Content::Ext4(state.clone()),
             },
             PartSpec {

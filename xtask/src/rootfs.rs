@@ -8,8 +8,9 @@ use std::process::Command;
 
 pub const SUITE: &str = "bookworm";
 /// systemd as init, udev for coldplug, the Debian kernel (its modules also
-/// feed the initramfs), the tools the demo and tests use, and mksquashfs
-/// for `immuboot upgrade` from a directory or an OCI image.
+/// feed the initramfs), the tools the demo and tests use, mksquashfs for
+/// `immuboot upgrade` from a directory or an OCI image, and the CA store
+/// for pulls from registries over https.
 pub const PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
@@ -17,6 +18,7 @@ pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "util-linux",
     "squashfs-tools",
+    "ca-certificates",
 ];
 
 pub fn tarball() -> Result<PathBuf> {
