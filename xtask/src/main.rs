@@ -173,7 +173,12 @@ fn build_all() -> Result<Manifest> {
             PartSpec {
                 label: "COS_RECOVERY",
                 type_code: "8300",
-                size_mib: disk::mib_for(img_size("recovery.img")?, 64),
+                // The recovery image, and room to write its successor
+                // (`immuboot upgrade --recovery`) beside it.
+                size_mib: disk::mib_for(
+                    2 * img_size("recovery.img")? + img_size("recovery.img")? / 2,
+                    64,
+                ),
                 content: Content::Ext4(recovery.clone()),
             },
             // Two slots plus room for the temporary file of an upgrade (and
