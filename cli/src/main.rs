@@ -320,7 +320,13 @@ fn run(cli: Cli) -> Result<()> {
                 Some(s) => (s.clone(), false),
                 None => (recovery_image, true),
             };
-            let req = opts.request(&spec)?;
+            let mut req = opts.request(&spec)?;
+            if known_good {
+                // The recovery image this system runs is trusted as it is
+                // (its digest list is still checked); a signature applies to
+                // images from elsewhere.
+                req.trusted_keys.clear();
+            }
             let mut rep = progress::Reporter::new(opts.json);
             let installed = with_writable(&state, || {
                 upgrade::Upgrade {
