@@ -675,7 +675,9 @@ fn update(state_dir: &Path, change: impl FnOnce(&mut BootState) -> Result<String
     }
     let mut state = loaded.state.clone();
     let message = change(&mut state)?;
-    with_writable(state_dir, || store::save(state_dir, &loaded.env, &state))?;
+    with_writable(state_dir, || {
+        upgrade::save_state(state_dir, &loaded.env, &state, || {})
+    })?;
     println!("{message}");
     Ok(())
 }

@@ -623,6 +623,19 @@ fn boot_digests(image: &Path) -> Result<Vec<digest::Entry>> {
         .collect()
 }
 
+/// Saves the boot state (both copies, atomically) and checkpoints the
+/// file system's journal so GRUB, which does not replay it, reads the new
+/// state too.
+pub fn save_state(
+    state_dir: &Path,
+    env: &immuboot_assess::grubenv::GrubEnv,
+    state: &BootState,
+    between: impl FnOnce(),
+) -> Result<()> {
+    store::save_with(state_dir, env, state, between)?;
+    immuboot_mount::journal::checkpoint(state_dir)
+}
+
 /// Everything of an upgrade that touches the boot state, given where the
 /// state lives and what booted.
 pub struct Upgrade<'a> {
@@ -680,7 +693,7 @@ impl Upgrade<'_> {
         if marked.active_slot == target {
             marked.active_slot = target.other();
         }
-        store::save(self.state_dir, &loaded.env, &marked)
+        save_state(self.state_dir, &loaded.env, &marked, || {})
             .context("cannot mark the target slot not bootable")?;
         checkpoint("marked");
 
@@ -689,7 +702,7 @@ impl Upgrade<'_> {
             Ok(i) => i,
             Err(e) => {
                 // Nothing was renamed: the slot still holds its old image.
-                let restored = store::save(self.state_dir, &loaded.env, &before);
+                let restored = save_state(self.state_dir, &loaded.env, &before, || {});
                 return Err(match restored {
                     Ok(()) => e.context(format!(
                         "upgrade of slot {target} failed; its old image and the boot state are unchanged"
@@ -706,7 +719,7 @@ impl Upgrade<'_> {
         let mut state = current.state.clone();
         state.activate_on_trial(target, req.tries);
         state.next_entry = None;
-        store::save_with(self.state_dir, &current.env, &state, || {
+        save_state(self.state_dir, &current.env, &state, || {
             checkpoint("activating")
         })
         .context("cannot activate the new slot")?;
@@ -735,7 +748,7 @@ impl Upgrade<'_> {
         for slot in [Slot::A, Slot::B] {
             *state.health_mut(slot) = Health::Bad;
         }
-        store::save(self.state_dir, &loaded.env, &state)?;
+        save_state(self.state_dir, &loaded.env, &state, || {})?;
         let mut out = Vec::new();
         for slot in [Slot::A, Slot::B] {
             rep.step(&format!(
@@ -761,7 +774,7 @@ impl Upgrade<'_> {
                 }
             };
         }
-        store::save(self.state_dir, &current.env, &state)?;
+        save_state(self.state_dir, &current.env, &state, || {})?;
         Ok(out)
     }
 }

@@ -522,7 +522,10 @@ fn save_state(b: &mut Boot) {
     let dir = Path::new(STATE_MOUNT);
     let result = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::empty(), c"")
         .map_err(anyhow::Error::from)
-        .and_then(|()| store::save(dir, &loaded.env, &loaded.state));
+        .and_then(|()| store::save(dir, &loaded.env, &loaded.state))
+        // GRUB does not replay the journal (remounting read-only below
+        // checkpoints it too; this does not depend on that succeeding).
+        .and_then(|()| immuboot_mount::journal::checkpoint(dir));
     let _ = rustix::mount::mount_remount(dir, rustix::mount::MountFlags::RDONLY, c"");
     if let Err(e) = result {
         b.warn(format!(

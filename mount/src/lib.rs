@@ -2,6 +2,7 @@
 
 pub mod copy;
 pub mod exec;
+pub mod journal;
 pub mod labels;
 pub mod layout;
 pub mod loopdev;

@@ -841,6 +841,10 @@ fn s18b_power_cut_while_the_image_is_installed_leaves_a_bootable_system() -> Res
     power_cuts("s18b-power-cut-installing", POWER_CUTS_INSTALLING)
 }
 
+fn other_slot(slot: &str) -> String {
+    if slot == "a" { "b" } else { "a" }.to_string()
+}
+
 /// Cuts the power at each point of an upgrade in turn; every next boot
 /// must land on a good slot, and a final rerun must succeed and boot.
 fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
@@ -852,6 +856,8 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
         // booted after "activated" is marked good first).
         let status = wait_marked_good(&mut vm)?;
         ensure!(!status.contains("FALLBACK"), "before {point}: {status}");
+        let before_slot = booted(&mut vm)?.1;
+        let before_version = image_version(&mut vm)?;
         mount_payload(&mut vm)?;
         vm.send(&format!(
             "IMMUBOOT_PAUSE_AT={point} immuboot upgrade {PAYLOAD}/v3.img\n"
@@ -864,9 +870,18 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
         vm = boot(&mut m)?;
         let (mode, slot) = booted(&mut vm)?;
         let version = image_version(&mut vm)?;
+        // Until the activation is complete the old slot boots; once it is,
+        // the new one (GRUB sees it: the journal was checkpointed).
+        let expected = if *point == "activated" {
+            (other_slot(&before_slot), "3")
+        } else {
+            (before_slot.clone(), before_version.as_str())
+        };
         ensure!(
-            mode == "active" && (version == "2" || version == "3"),
-            "after a power cut at {point}: booted {mode} slot {slot}, version {version}"
+            mode == "active" && slot == expected.0 && version == expected.1,
+            "after a power cut at {point}: booted {mode} slot {slot}, version {version}; expected slot {} version {}",
+            expected.0,
+            expected.1
         );
         // A temporary file the cut left behind is removed by the next run.
         let leftover = vm
