@@ -129,7 +129,7 @@ struct WriteOptions {
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
     /// gzip level (1 fastest … 9 smallest) for a directory or OCI image
-    /// squashed here [default: 9].
+    /// squashed here [default: 6].
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(1..=9))]
     compression_level: Option<u8>,
     /// Where an OCI image is unpacked before it is squashed.
