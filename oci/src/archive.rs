@@ -13,7 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::apply::{decompress, Unpacker};
 use crate::digest::{check, sha256_hex, sha256_of, HashReader};
 use crate::layout::{check_diff_id, MAX_METADATA};
-use crate::{prepare_dest, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage};
+use crate::{
+    prepare_dest, unpack_layer, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage,
+};
 
 enum Member {
     File {
@@ -205,15 +207,8 @@ pub(crate) fn unpack(
     }
     let config = ConfigFile::parse(&config_bytes, "the image config")?;
     config.check_platform()?;
-    let diff_ids = config.diff_ids();
     let layers = &entry.layers;
-    if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
-        bail!(
-            "the image config lists {} diff_ids but manifest.json {} layers",
-            diff_ids.len(),
-            layers.len()
-        );
-    }
+    let diff_ids = config.layer_diff_ids(layers.len(), "manifest.json")?;
 
     prepare_dest(dest)?;
     let mut unpacker = Unpacker::new(dest)?;
@@ -249,18 +244,17 @@ pub(crate) fn unpack(
         check_diff_id(&diff_id, diff_ids.get(i), &what)?;
         reporter.finish();
 
-        reporter.start("unpack", i + 1);
+        // Checked again as it is unpacked: the file could have changed
+        // between the passes.
         let blob = archive.member(name)?;
-        let diff_id = unpacker.apply_layer(
-            ProgressReader {
-                inner: blob,
-                reporter: &mut reporter,
-            },
+        unpack_layer(
+            &mut unpacker,
+            &mut reporter,
+            i + 1,
+            blob,
+            diff_ids.get(i),
             &what,
         )?;
-        reporter.finish();
-        // Checked again: the file could have changed between the passes.
-        check_diff_id(&diff_id, diff_ids.get(i), &what)?;
     }
     unpacker.finish()?;
     Ok(UnpackedImage {

@@ -9,7 +9,9 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ANNOTATION_REF_NAME
 
 use crate::apply::Unpacker;
 use crate::digest::{sha256_hex, verify_bytes, verify_reader};
-use crate::{prepare_dest, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage};
+use crate::{
+    prepare_dest, unpack_layer, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage,
+};
 
 /// Manifests, indexes and configs are small; a bigger one is not an image.
 pub(crate) const MAX_METADATA: u64 = 4 << 20;
@@ -107,15 +109,8 @@ pub(crate) fn unpack(
         "the image config",
     )?;
     config.check_platform()?;
-    let diff_ids = config.diff_ids();
     let layers = manifest.layers();
-    if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
-        bail!(
-            "the image config lists {} diff_ids but the manifest {} layers",
-            diff_ids.len(),
-            layers.len()
-        );
-    }
+    let diff_ids = config.layer_diff_ids(layers.len(), "the manifest")?;
 
     prepare_dest(dest)?;
     let mut unpacker = Unpacker::new(dest)?;
@@ -140,17 +135,15 @@ pub(crate) fn unpack(
         )?;
         reporter.finish();
 
-        reporter.start("unpack", i + 1);
         let blob = layout.open_blob(&digest, &what)?;
-        let diff_id = unpacker.apply_layer(
-            ProgressReader {
-                inner: blob,
-                reporter: &mut reporter,
-            },
+        unpack_layer(
+            &mut unpacker,
+            &mut reporter,
+            i + 1,
+            blob,
+            diff_ids.get(i),
             &what,
         )?;
-        reporter.finish();
-        check_diff_id(&diff_id, diff_ids.get(i), &what)?;
     }
     unpacker.finish()?;
     Ok(UnpackedImage {

@@ -191,6 +191,28 @@ impl<'a> Reporter<'a> {
 }
 
 /// A reader that reports the bytes read through it.
+/// The "unpack" phase of layer `n` (1-based): applies a verified blob to the
+/// tree with progress, then checks the result against its diff_id.
+pub(crate) fn unpack_layer(
+    unpacker: &mut apply::Unpacker,
+    reporter: &mut Reporter,
+    n: usize,
+    blob: impl std::io::Read,
+    diff_id: Option<&String>,
+    what: &str,
+) -> Result<()> {
+    reporter.start("unpack", n);
+    let actual = unpacker.apply_layer(
+        ProgressReader {
+            inner: blob,
+            reporter: &mut *reporter,
+        },
+        what,
+    )?;
+    reporter.finish();
+    layout::check_diff_id(&actual, diff_id, what)
+}
+
 pub(crate) struct ProgressReader<'r, 'a, R> {
     pub(crate) inner: R,
     pub(crate) reporter: &'r mut Reporter<'a>,
@@ -248,6 +270,19 @@ impl ConfigFile {
             .as_ref()
             .map(|r| r.diff_ids.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The diff_ids, refused unless there is one per layer (when listed at
+    /// all); `listed_in` names where the layers come from.
+    pub(crate) fn layer_diff_ids(&self, layers: usize, listed_in: &str) -> Result<&[String]> {
+        let ids = self.diff_ids();
+        if !ids.is_empty() && ids.len() != layers {
+            anyhow::bail!(
+                "the image config lists {} diff_ids but {listed_in} {layers} layers",
+                ids.len()
+            );
+        }
+        Ok(ids)
     }
 
     /// Refuses an image built for another OS or architecture: it would unpack

@@ -19,8 +19,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::apply::Unpacker;
 use crate::digest::{check, verify_bytes};
-use crate::layout::{check_diff_id, check_layer_media_type, MAX_METADATA};
-use crate::{prepare_dest, ConfigFile, Progress, ProgressReader, Reporter, UnpackedImage};
+use crate::layout::{check_layer_media_type, MAX_METADATA};
+use crate::{prepare_dest, unpack_layer, ConfigFile, Progress, Reporter, UnpackedImage};
 
 /// Picks linux on this machine's architecture from an image index.
 fn platform_resolver(manifests: &[ImageIndexEntry]) -> Option<String> {
@@ -220,15 +220,8 @@ pub(crate) fn unpack(
     )?;
     let config = ConfigFile::parse(&config_bytes, "the image config")?;
     config.check_platform()?;
-    let diff_ids = config.diff_ids();
     let layers = &manifest.layers;
-    if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
-        bail!(
-            "the image config lists {} diff_ids but the manifest {} layers",
-            diff_ids.len(),
-            layers.len()
-        );
-    }
+    let diff_ids = config.layer_diff_ids(layers.len(), "the manifest")?;
 
     prepare_dest(dest)?;
     let dest = fs::canonicalize(dest)?;
@@ -282,18 +275,17 @@ pub(crate) fn unpack(
         drop(file);
         reporter.finish();
 
-        reporter.start("unpack", i + 1);
         let blob = fs::File::open(&path)?;
-        let diff_id = unpacker.apply_layer(
-            ProgressReader {
-                inner: blob,
-                reporter: &mut reporter,
-            },
+        let unpacked = unpack_layer(
+            &mut unpacker,
+            &mut reporter,
+            i + 1,
+            blob,
+            diff_ids.get(i),
             &what,
-        )?;
-        reporter.finish();
+        );
         fs::remove_file(&path).ok();
-        check_diff_id(&diff_id, diff_ids.get(i), &what)?;
+        unpacked?;
     }
     unpacker.finish()?;
     Ok(UnpackedImage {
