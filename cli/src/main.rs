@@ -443,16 +443,8 @@ fn wipe_label(label: &str) -> Result<()> {
 
 /// The slot this system booted, from the init's boot facts.
 fn booted_slot(facts: Option<&Value>) -> Result<Slot> {
-    let facts =
-        facts.context("no boot facts in /run/immuboot: this system was not booted by immuboot")?;
-    let slot = facts
-        .get("target")
-        .and_then(|t| t.get("slot"))
-        .and_then(Value::as_str);
-    match slot {
-        Some(s) => s.parse(),
-        None => anyhow::bail!("booted from the recovery image: there is no slot to mark"),
-    }
+    booted_slot_or_recovery(facts)?
+        .context("booted from the recovery image: there is no slot to mark")
 }
 
 /// Runs every executable in the directories, in name order; the first
