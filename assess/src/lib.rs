@@ -7,14 +7,16 @@
 //! `grub-reboot`. Boot counters (tries, known-good flags) are added as further
 //! `immuboot_*` variables without changing the existing ones.
 
+pub mod decide;
 pub mod digest;
 pub mod fsutil;
 pub mod grubenv;
 pub mod store;
 
 use anyhow::{bail, Result};
+pub use decide::{Assessment, Verify};
 use grubenv::GrubEnv;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -55,7 +57,7 @@ pub mod vars {
 pub const DEFAULT_TRIES: u8 = 3;
 
 /// What is known about a slot's image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "health", rename_all = "lowercase")]
 pub enum Health {
     /// Booted and was marked good.
@@ -78,7 +80,7 @@ impl Health {
 }
 
 /// Where an image comes from, as GRUB's menu entries name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Active,
@@ -117,7 +119,7 @@ impl FromStr for Mode {
 }
 
 /// One of the two image slots on COS_STATE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     A,
@@ -171,7 +173,7 @@ pub const RECOVERY_IMAGE: &str = "/cOS/recovery.img";
 pub const GRUBENV_PATH: &str = "/grub/grubenv";
 
 /// The boot state as read from the environment block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootState {
     pub active_slot: Slot,
     pub next_entry: Option<Mode>,
@@ -422,7 +424,7 @@ pub struct BootRequest {
 }
 
 /// The image the init will boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootTarget {
     pub mode: Mode,
     pub slot: Option<Slot>,

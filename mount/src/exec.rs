@@ -3,11 +3,11 @@
 
 use crate::plan::{Kind, Op, PlannedMount};
 use crate::syscall::Syscall;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     Mounted,
@@ -20,7 +20,7 @@ pub enum Status {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub path: String,
     pub kind: Kind,

@@ -1,10 +1,10 @@
 //! Filesystem labels that identify immuboot's partitions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Labels of the partitions; defaults are the cOS/Elemental ones, each can be
 /// overridden on the kernel command line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Labels {
     pub state: String,
     pub recovery: String,

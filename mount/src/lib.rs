@@ -2,12 +2,14 @@
 
 pub mod copy;
 pub mod exec;
+pub mod facts;
 pub mod journal;
 pub mod labels;
 pub mod layout;
 pub mod loopdev;
 pub mod plan;
 pub mod probe;
+pub mod state;
 pub mod syscall;
 pub mod watchdog;
 

@@ -3,7 +3,7 @@
 //! whole sequence be checked in unit tests without root.
 
 use crate::layout::{state_name, Layout, BUILTIN_EPHEMERAL};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where the init keeps the tmpfs that holds ephemeral changes (moved into the
@@ -12,7 +12,7 @@ pub const EPHEMERAL_DIR: &str = "/run/immuboot/ephemeral";
 /// Directory on the persistent partition that backs persistent paths.
 pub const STATE_DIR: &str = ".state";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountFlags {
     pub read_only: bool,
     pub nosuid: bool,
@@ -76,7 +76,7 @@ pub enum Op {
 
 /// What a group of ops provides; failures are reported per group and never
 /// stop the other groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Ephemeral,
@@ -85,7 +85,7 @@ pub enum Kind {
     Internal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FstabEntry {
     pub source: String,
     /// Path in the new root.

@@ -1,5 +1,6 @@
-//! The system calls the mount plan needs, behind a trait so a mount sequence
-//! can be run against a recorder in tests.
+//! The system calls of the boot, behind a trait so a boot sequence (the
+//! mount plan, mounting the image, writing the boot state and facts) can be
+//! run against a recorder in tests, with any call made to fail.
 
 use crate::plan::MountFlags;
 use std::cell::RefCell;
@@ -22,6 +23,15 @@ pub trait Syscall {
     /// Replaces `to` if it exists.
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Changes a mounted file system between read-only and read-write.
+    fn remount(&self, target: &Path, flags: MountFlags) -> io::Result<()>;
+    /// Whether the file system holding `path` is mounted read-only (statvfs).
+    fn is_read_only(&self, path: &Path) -> io::Result<bool>;
+    /// Attaches an image file to a free loop device, read-only; returns the
+    /// device.
+    fn attach_loop(&self, image: &Path) -> io::Result<PathBuf>;
+    /// Writes a whole file (boot facts, fstab in the new root).
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()>;
 }
 
 /// The real thing, via rustix.
@@ -75,6 +85,29 @@ impl Syscall for LinuxSyscall {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }
+
+    fn remount(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+        let f = if flags.read_only {
+            rustix::mount::MountFlags::RDONLY
+        } else {
+            rustix::mount::MountFlags::empty()
+        };
+        rustix::mount::mount_remount(target, f, c"")?;
+        Ok(())
+    }
+
+    fn is_read_only(&self, path: &Path) -> io::Result<bool> {
+        let st = rustix::fs::statvfs(path)?;
+        Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+    }
+
+    fn attach_loop(&self, image: &Path) -> io::Result<PathBuf> {
+        crate::loopdev::attach_read_only(image).map_err(|e| io::Error::other(format!("{e:#}")))
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        std::fs::write(path, contents)
+    }
 }
 
 /// One recorded call.
@@ -84,6 +117,7 @@ pub enum Call {
         source: String,
         target: PathBuf,
         fstype: String,
+        flags: MountFlags,
         data: String,
     },
     Bind {
@@ -99,10 +133,23 @@ pub enum Call {
         from: PathBuf,
         to: PathBuf,
     },
+    Remount {
+        target: PathBuf,
+        flags: MountFlags,
+    },
+    AttachLoop {
+        image: PathBuf,
+        device: PathBuf,
+    },
+    WriteFile {
+        path: PathBuf,
+        contents: Vec<u8>,
+    },
 }
 
 /// Records calls instead of making them; paths listed in `existing` exist,
-/// calls whose target is listed in `failing` fail with the given errno.
+/// calls whose target is listed in `failing` fail with the given errno, and
+/// `fail_nth` makes the Nth call (counting from 1, recorded or not) fail.
 #[derive(Default)]
 pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
@@ -110,14 +157,41 @@ pub struct RecordingSyscall {
     pub failing: Vec<(PathBuf, i32)>,
     /// Paths under which mkdir fails with EROFS (read-only image).
     pub read_only: Vec<PathBuf>,
+    /// The call number that fails, and its errno.
+    pub fail_nth: Option<(usize, i32)>,
+    /// File systems mounted read-only, as `is_read_only` reports them
+    /// (a remount changes it).
+    pub read_only_mounts: RefCell<Vec<PathBuf>>,
+    /// Calls made so far (for `fail_nth`).
+    pub attempts: std::cell::Cell<usize>,
 }
 
 impl RecordingSyscall {
     fn check(&self, target: &Path) -> io::Result<()> {
+        let n = self.attempts.get() + 1;
+        self.attempts.set(n);
+        if let Some((nth, errno)) = self.fail_nth {
+            if nth == n {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
         match self.failing.iter().find(|(p, _)| p == target) {
             Some((_, errno)) => Err(io::Error::from_raw_os_error(*errno)),
             None => Ok(()),
         }
+    }
+
+    /// A recorder whose Nth call fails with `errno`.
+    pub fn failing_call(nth: usize, errno: i32) -> RecordingSyscall {
+        RecordingSyscall {
+            fail_nth: Some((nth, errno)),
+            ..Default::default()
+        }
+    }
+
+    /// The recorded calls so far.
+    pub fn recorded(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
     }
 }
 
@@ -127,7 +201,7 @@ impl Syscall for RecordingSyscall {
         source: &str,
         target: &Path,
         fstype: &str,
-        _flags: MountFlags,
+        flags: MountFlags,
         data: &str,
     ) -> io::Result<()> {
         self.check(target)?;
@@ -135,6 +209,7 @@ impl Syscall for RecordingSyscall {
             source: source.into(),
             target: target.into(),
             fstype: fstype.into(),
+            flags,
             data: data.into(),
         });
         Ok(())
@@ -173,11 +248,53 @@ impl Syscall for RecordingSyscall {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(to)?;
         self.calls.borrow_mut().push(Call::Rename {
             from: from.into(),
             to: to.into(),
         });
         self.existing.borrow_mut().push(to.into());
+        Ok(())
+    }
+
+    fn remount(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+        self.check(target)?;
+        self.calls.borrow_mut().push(Call::Remount {
+            target: target.into(),
+            flags,
+        });
+        let mut ro = self.read_only_mounts.borrow_mut();
+        ro.retain(|p| p != target);
+        if flags.read_only {
+            ro.push(target.into());
+        }
+        Ok(())
+    }
+
+    fn is_read_only(&self, path: &Path) -> io::Result<bool> {
+        Ok(self
+            .read_only_mounts
+            .borrow()
+            .iter()
+            .any(|m| path.starts_with(m)))
+    }
+
+    fn attach_loop(&self, image: &Path) -> io::Result<PathBuf> {
+        self.check(image)?;
+        let device = PathBuf::from(format!("/dev/loop{}", self.calls.borrow().len()));
+        self.calls.borrow_mut().push(Call::AttachLoop {
+            image: image.into(),
+            device: device.clone(),
+        });
+        Ok(device)
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        self.check(path)?;
+        self.calls.borrow_mut().push(Call::WriteFile {
+            path: path.into(),
+            contents: contents.to_vec(),
+        });
         Ok(())
     }
 }

@@ -2,9 +2,10 @@
 //! image, kept in one place so the policy is easy to read and test.
 //!
 //! Recovery boots the image on COS_RECOVERY. The system's own slots and its
-//! boot state stay on COS_STATE, which is mounted read-only (the `immuboot`
-//! tool remounts it to change the boot state or rewrite a slot). COS_OEM and
-//! COS_PERSISTENT are mounted as in a normal boot, so data can be rescued.
+//! boot state stay on COS_STATE, which is mounted read-only when present
+//! (the `immuboot` tool remounts it to change the boot state or rewrite a
+//! slot). COS_OEM and COS_PERSISTENT are mounted as in a normal boot, so
+//! data can be rescued.
 
 use immuboot_assess::Mode;
 
@@ -16,8 +17,14 @@ pub const RECOVERY_MOUNT: &str = "/run/initramfs/cos-recovery";
 pub struct ModePolicy {
     /// Mount point of the partition that holds the image.
     pub image_mount: &'static str,
-    /// Whether COS_STATE is needed to boot (false: mounted when present).
-    pub state_required: bool,
+    /// The image lives on COS_STATE (mounted already to read the boot
+    /// state); otherwise the init finds COS_STATE apart and mounts the
+    /// image's own partition.
+    pub image_on_state: bool,
+    /// A failed image digest check stops the boot (a slot: the boot
+    /// counters fall back), or only warns: the recovery image is the last
+    /// resort, and a machine that cannot boot it cannot boot at all.
+    pub digest_mismatch_is_fatal: bool,
     /// A line for the console and the journal describing the mode.
     pub banner: &'static str,
 }
@@ -26,18 +33,21 @@ pub fn policy(mode: Mode) -> ModePolicy {
     match mode {
         Mode::Recovery => ModePolicy {
             image_mount: RECOVERY_MOUNT,
-            state_required: false,
+            image_on_state: false,
+            digest_mismatch_is_fatal: false,
             banner: "recovery mode: booting the recovery image; the system's slots and boot state \
                      are on COS_STATE (read-only at /run/initramfs/cos-state)",
         },
         Mode::Active => ModePolicy {
             image_mount: STATE_MOUNT,
-            state_required: true,
+            image_on_state: true,
+            digest_mismatch_is_fatal: true,
             banner: "booting the active image",
         },
         Mode::Passive => ModePolicy {
             image_mount: STATE_MOUNT,
-            state_required: true,
+            image_on_state: true,
+            digest_mismatch_is_fatal: true,
             banner: "booting the passive (fallback) image",
         },
     }
@@ -48,13 +58,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recovery_boots_from_its_own_partition_and_does_not_need_state() {
+    fn recovery_boots_from_its_own_partition_as_the_last_resort() {
         let p = policy(Mode::Recovery);
         assert_eq!(p.image_mount, RECOVERY_MOUNT);
-        assert!(!p.state_required);
+        assert!(!p.image_on_state);
+        assert!(!p.digest_mismatch_is_fatal);
         for m in [Mode::Active, Mode::Passive] {
             assert_eq!(policy(m).image_mount, STATE_MOUNT);
-            assert!(policy(m).state_required);
+            assert!(policy(m).image_on_state);
+            assert!(policy(m).digest_mismatch_is_fatal);
         }
     }
 }
