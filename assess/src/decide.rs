@@ -275,10 +275,5 @@ mod tests {
         let before = s.clone();
         assert!(!s.image_failed(None, "corrupted"));
         assert_eq!(s, before);
-        assert!(digest_mismatch_is_fatal(&target(
-            Mode::Passive,
-            Some(Slot::A)
-        )));
-        assert!(!digest_mismatch_is_fatal(&target(Mode::Recovery, None)));
     }
 }

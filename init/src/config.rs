@@ -25,16 +25,7 @@ use immuboot_assess::{BootRequest, Mode};
 use immuboot_mount::labels::Labels;
 use std::time::Duration;
 
-/// When the init checks the whole image against its recorded digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
-    /// On the boots of a slot on trial: a newly written image is checked
-    /// before it is trusted; a slot marked good was checked then. (Hashing
-    /// costs about 0.3 s per 100 MB on hardware, 6 s under emulation.)
-    Trial,
-    Always,
-    Never,
-}
+pub use immuboot_assess::Verify;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {

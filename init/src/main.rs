@@ -21,14 +21,5 @@ fn main() {
         );
         fatal::reboot_after(std::time::Duration::from_secs(10));
     }));
-    let api = immuboot_init::mount_api_filesystems();
-    logger::attach_kmsg();
-    if let Err(e) = api {
-        fatal::fatal(
-            "mount /proc /sys /dev /run",
-            &e,
-            &fatal::FatalPolicy::default(),
-        );
-    }
     boot::run()
 }

@@ -35,6 +35,7 @@ pub trait Syscall {
 }
 
 /// The real thing, via rustix.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
@@ -212,6 +213,9 @@ impl Syscall for RecordingSyscall {
             flags,
             data: data.into(),
         });
+        if flags.read_only {
+            self.read_only_mounts.borrow_mut().push(target.into());
+        }
         Ok(())
     }
 

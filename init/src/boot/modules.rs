@@ -1,0 +1,106 @@
+//! Kernel modules during the boot: loaded in the background from the
+//! initramfs' list, and the system calls that wait for the module they need
+//! (a mount waits only for its file system's module).
+
+use super::Boot;
+use crate::config::InitConfig;
+use anyhow::{Context, Result};
+use immuboot_kmod as kmod;
+use immuboot_mount::plan::MountFlags;
+use immuboot_mount::syscall::{LinuxSyscall, Syscall};
+use std::cell::RefCell;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Modules the initramfs loads, one name a line (written by the image build).
+pub const MODULE_LIST: &str = "/etc/immuboot/modules";
+
+/// The system calls of the boot, waiting for a file system's module (still
+/// loading in the background) before mounting that file system.
+#[derive(Default)]
+pub struct InitSyscall {
+    linux: LinuxSyscall,
+    modules: RefCell<Option<kmod::Loader>>,
+}
+
+impl InitSyscall {
+    pub fn need_module(&self, name: &str) {
+        if let Some(loader) = self.modules.borrow_mut().as_mut() {
+            loader.wait_for(name);
+            for e in loader.take_errors() {
+                log::warn!("kernel module: {e}");
+            }
+        }
+    }
+}
+
+impl Syscall for InitSyscall {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MountFlags,
+        data: &str,
+    ) -> io::Result<()> {
+        self.need_module(fstype);
+        self.linux.mount(source, target, fstype, flags, data)
+    }
+    fn bind(&self, source: &Path, target: &Path) -> io::Result<()> {
+        self.linux.bind(source, target)
+    }
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        self.linux.mkdir_all(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.linux.exists(path)
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.linux.copy_tree(from, to)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.linux.rename(from, to)
+    }
+    fn remount(&self, target: &Path, flags: MountFlags) -> io::Result<()> {
+        self.linux.remount(target, flags)
+    }
+    fn is_read_only(&self, path: &Path) -> io::Result<bool> {
+        self.linux.is_read_only(path)
+    }
+    fn attach_loop(&self, image: &Path) -> io::Result<PathBuf> {
+        self.need_module("loop");
+        self.linux.attach_loop(image)
+    }
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        self.linux.write_file(path, contents)
+    }
+}
+
+/// Starts loading the initramfs' module list (plus `immuboot.modules=`) in
+/// the background; mounts wait for the module of their file system.
+pub fn start(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
+    let mut list = match std::fs::read_to_string(MODULE_LIST) {
+        Ok(text) => kmod::ModuleList::parse(&text).with_context(|| format!("in {MODULE_LIST}"))?,
+        Err(_) => kmod::ModuleList::default(),
+    };
+    list.always.extend(cfg.extra_modules.iter().cloned());
+    if list.always.is_empty() && list.hardware.is_empty() {
+        return Ok(());
+    }
+    let dir = kmod::modules_dir()?;
+    *b.sys.modules.borrow_mut() = Some(kmod::Loader::start(&dir, &list)?);
+    Ok(())
+}
+
+/// Waits for the modules still loading (storage drivers probing their
+/// hardware) so no load is in flight at switch_root; reports failures.
+pub fn finish(b: &mut Boot) {
+    let Some(mut loader) = b.sys.modules.borrow_mut().take() else {
+        return;
+    };
+    let report = loader.finish();
+    log::info!("loaded {} kernel modules", report.loaded);
+    for e in report.errors.clone() {
+        b.warn(format!("kernel module: {e}"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Finding the partitions by label: wait (bounded) for the one holding the
+//! image, take one more look for the optional ones.
+
+use crate::config::InitConfig;
+use anyhow::{bail, Context, Result};
+use immuboot_mount::facts::{BootFacts, Partition};
+use immuboot_mount::plan::MountFlags;
+use immuboot_mount::probe::{self, BlockDevice};
+use immuboot_mount::syscall::Syscall;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The file system type of a partition, as probed (ext4 if unknown).
+pub fn fstype(dev: Option<&BlockDevice>) -> &str {
+    dev.and_then(|d| d.fstype.as_deref()).unwrap_or("ext4")
+}
+
+/// The partitions found, by label (the first of several with one label).
+pub struct Found {
+    devices: Vec<BlockDevice>,
+}
+
+impl Found {
+    pub fn new(devices: Vec<BlockDevice>) -> Found {
+        Found { devices }
+    }
+
+    pub fn get(&self, label: &str) -> Option<BlockDevice> {
+        probe::with_label(&self.devices, label)
+            .first()
+            .map(|d| (*d).clone())
+    }
+
+    /// Records the partitions with one of the boot's labels in the facts.
+    pub fn record(&self, facts: &mut BootFacts) {
+        let l = &facts.labels;
+        let labels = [&l.state, &l.recovery, &l.oem, &l.persistent].map(|s| s.to_string());
+        facts.partitions = labels
+            .iter()
+            .filter_map(|label| {
+                self.get(label).map(|d| Partition {
+                    label: label.clone(),
+                    fstype: fstype(Some(&d)).to_string(),
+                    device: d.path,
+                })
+            })
+            .collect();
+    }
+}
+
+/// Waits for the partition holding the image, then takes one more look for
+/// the optional ones (they sit on the same disk, so they appear with it; no
+/// long wait penalises systems that lack them). Warnings go to `warn`.
+pub fn find(
+    cfg: &InitConfig,
+    required: &str,
+    warn: &mut dyn FnMut(String),
+) -> Result<Vec<BlockDevice>> {
+    let start = Instant::now();
+    let mut next_notice = Duration::from_secs(1);
+    let devices = loop {
+        let devices = probe::scan();
+        if !probe::with_label(&devices, required).is_empty() {
+            break devices;
+        }
+        let waited = start.elapsed();
+        if waited >= cfg.device_timeout {
+            let seen: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} ({})",
+                        d.path.display(),
+                        d.label.as_deref().unwrap_or("no label")
+                    )
+                })
+                .collect();
+            bail!(
+                "no partition labelled {required} after {} s; block devices seen: {} \
+                 (hint: is the disk driver in the initramfs? add immuboot.modules=DRIVER)",
+                cfg.device_timeout.as_secs(),
+                if seen.is_empty() {
+                    "none".to_string()
+                } else {
+                    seen.join(", ")
+                }
+            );
+        }
+        if waited >= next_notice {
+            log::info!(
+                "waiting for a partition labelled {required} ({} of {} s)",
+                waited.as_secs(),
+                cfg.device_timeout.as_secs()
+            );
+            next_notice += Duration::from_secs(5);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let optional = [&cfg.labels.oem, &cfg.labels.persistent, &cfg.labels.state];
+    let missing = |devs: &[BlockDevice]| {
+        optional
+            .iter()
+            .any(|l| probe::with_label(devs, l).is_empty())
+    };
+    let devices = if missing(&devices) {
+        std::thread::sleep(Duration::from_millis(200));
+        probe::scan()
+    } else {
+        devices
+    };
+    for d in &devices {
+        if let Some(label) = &d.label {
+            let same = probe::with_label(&devices, label);
+            if same.len() > 1 && same.first().is_some_and(|f| f.path == d.path) {
+                warn(format!(
+                    "{} partitions are labelled {label}; using {}",
+                    same.len(),
+                    d.path.display()
+                ));
+            }
+        }
+        log::debug!(
+            "{} label={:?} type={:?}",
+            d.path.display(),
+            d.label,
+            d.fstype
+        );
+    }
+    let found: Vec<String> = devices
+        .iter()
+        .filter_map(|d| {
+            d.label
+                .as_ref()
+                .map(|l| format!("{l}={}", d.path.display()))
+        })
+        .collect();
+    log::info!("partitions: {}", found.join(" "));
+    Ok(devices)
+}
+
+/// Mounts a partition read-only on `at` (created if missing).
+pub fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &Path) -> Result<()> {
+    sys.mkdir_all(at)
+        .with_context(|| format!("cannot create {}", at.display()))?;
+    sys.mount(
+        &dev.path.display().to_string(),
+        at,
+        fstype(Some(dev)),
+        MountFlags::RO,
+        "",
+    )
+    .with_context(|| {
+        format!(
+            "cannot mount {} read-only on {}",
+            dev.path.display(),
+            at.display()
+        )
+    })
+}
