@@ -16,9 +16,9 @@ fn load_file(dir: &Path, rel: &str) -> Result<bool> {
     let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let image =
         decompress(rel, data).with_context(|| format!("cannot decompress {}", path.display()))?;
-    match nix::kmod::init_module(&image, c"") {
+    match rustix::system::init_module(&image, c"") {
         Ok(()) => Ok(true),
-        Err(nix::errno::Errno::EEXIST) => Ok(false),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
         Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(rel)))),
     }
 }
