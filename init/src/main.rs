@@ -1,4 +1,5 @@
 //! PID 1 of the immuboot initramfs. See `boot.rs` for the sequence.
+#![forbid(unsafe_code)]
 
 use immuboot_init::{boot, fatal, logger};
 

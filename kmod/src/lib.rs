@@ -1,5 +1,6 @@
 //! Loading kernel modules without modprobe: resolve `modules.dep` ourselves,
 //! decompress `.ko.xz`/`.ko.zst`/`.ko.gz` in memory and call init_module.
+#![forbid(unsafe_code)]
 
 mod alias;
 mod decompress;

@@ -1,4 +1,5 @@
 //! Partition discovery, the mount layout plan and its execution.
+#![deny(unsafe_code)]
 
 pub mod copy;
 pub mod exec;
@@ -11,4 +12,6 @@ pub mod probe;
 pub mod syscall;
 pub mod watchdog;
 
+// The one module allowed unsafe code: the ioctls rustix has no safe API for.
+#[allow(unsafe_code)]
 mod ffi;

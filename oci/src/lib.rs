@@ -54,6 +54,7 @@
 //! writes config, manifest and `index.json` (tag in
 //! `org.opencontainers.image.ref.name`; an existing entry with the same tag is
 //! replaced, other tags are kept). Output is deterministic for equal input.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,6 +5,7 @@
 //! boot state stay on COS_STATE, which is mounted read-only (the `immuboot`
 //! tool remounts it to change the boot state or rewrite a slot). COS_OEM and
 //! COS_PERSISTENT are mounted as in a normal boot, so data can be rescued.
+#![forbid(unsafe_code)]
 
 use immuboot_assess::Mode;
 
