@@ -68,6 +68,7 @@ mod digest;
 mod layout;
 mod registry;
 mod source;
+mod zstd_frames;
 
 pub use build::{write_layout, EntryKind, ImageConfigInput, LayerEntry, LayerSource};
 pub use source::ImageSource;
