@@ -6,6 +6,7 @@
 //! prefixed `immuboot_` except `next_entry`, which keeps the meaning it has for
 //! `grub-reboot`. Boot counters (tries, known-good flags) are added as further
 //! `immuboot_*` variables without changing the existing ones.
+#![forbid(unsafe_code)]
 
 pub mod decide;
 pub mod digest;

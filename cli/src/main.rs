@@ -1,4 +1,5 @@
 //! `immuboot`: the companion tool of an immuboot system.
+#![forbid(unsafe_code)]
 
 mod progress;
 mod upgrade;

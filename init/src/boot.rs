@@ -130,6 +130,7 @@ pub fn run() -> ! {
         reboot_delay: cfg.reboot_delay,
         shell: cfg.shell_on_failure,
     };
+    crate::fatal::POLICY.publish(b.fatal.clone());
     logger::set_debug(cfg.debug);
     for w in cfg.warnings.clone() {
         b.warn(format!("kernel command line: {w}"));

@@ -1,6 +1,7 @@
 //! The one way the init stops: say what failed in one line, then reboot so
 //! the boot loader's fallback can act. PID 1 never exits.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Settings the fatal path needs, known before the command line is parsed.
@@ -18,6 +19,35 @@ impl Default for FatalPolicy {
         }
     }
 }
+
+/// A policy published once, for code that cannot be handed one: the panic
+/// hook runs wherever a panic happens, before or after the command line is
+/// read. Until it is published, readers get the default policy.
+#[derive(Debug, Default)]
+pub struct PublishedPolicy(OnceLock<FatalPolicy>);
+
+impl PublishedPolicy {
+    pub const fn new() -> Self {
+        PublishedPolicy(OnceLock::new())
+    }
+
+    /// Makes `policy` the one readers get. The first publication wins: the
+    /// command line is read once, so a second one would be a mistake.
+    pub fn publish(&self, policy: FatalPolicy) {
+        if self.0.set(policy).is_err() {
+            log::warn!("fatal policy published twice; keeping the first");
+        }
+    }
+
+    /// The published policy, or the default one before publication.
+    pub fn current(&self) -> FatalPolicy {
+        self.0.get().cloned().unwrap_or_default()
+    }
+}
+
+/// The policy of this process, published by the boot once the command line
+/// is read and used by the panic hook.
+pub static POLICY: PublishedPolicy = PublishedPolicy::new();
 
 /// The line a person sees on the console.
 pub fn fatal_line(step: &str, error: &str, delay: Duration) -> String {
@@ -98,5 +128,25 @@ mod tests {
         assert!(l.starts_with("FATAL in step 'mount image': image /cOS/a.img not found"));
         assert!(l.contains("rebooting in 10 s"));
         assert!(!l.contains('\n'));
+    }
+
+    #[test]
+    fn policy_is_the_default_until_published_then_the_first_published() {
+        let published = PublishedPolicy::new();
+        let before = published.current();
+        assert_eq!(before.reboot_delay, FatalPolicy::default().reboot_delay);
+        assert_eq!(before.shell, FatalPolicy::default().shell);
+
+        published.publish(FatalPolicy {
+            reboot_delay: Duration::from_secs(300),
+            shell: true,
+        });
+        published.publish(FatalPolicy {
+            reboot_delay: Duration::from_secs(1),
+            shell: false,
+        });
+        let after = published.current();
+        assert_eq!(after.reboot_delay, Duration::from_secs(300));
+        assert!(after.shell);
     }
 }

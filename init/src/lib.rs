@@ -1,4 +1,5 @@
 //! immuboot's init: PID 1 of the initramfs. The boot sequence is in [`boot`].
+#![forbid(unsafe_code)]
 
 pub mod boot;
 pub mod cmdline;

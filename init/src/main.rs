@@ -1,4 +1,5 @@
 //! PID 1 of the immuboot initramfs. See `boot.rs` for the sequence.
+#![forbid(unsafe_code)]
 
 use immuboot_init::{boot, fatal, logger};
 
@@ -9,17 +10,14 @@ fn main() {
     }
     logger::install();
     // A panic must not kill PID 1 (the kernel would panic without saying why
-    // on most consoles): say what happened and reboot.
+    // on most consoles): it takes the fatal path, with the command line's
+    // reboot delay and shell once the boot has published them.
     std::panic::set_hook(Box::new(|info| {
-        log::error!(
-            "{}",
-            fatal::fatal_line(
-                "internal error",
-                &info.to_string(),
-                std::time::Duration::from_secs(10)
-            )
-        );
-        fatal::reboot_after(std::time::Duration::from_secs(10));
+        fatal::fatal(
+            "internal error",
+            &anyhow::anyhow!("{info}"),
+            &fatal::POLICY.current(),
+        )
     }));
     boot::run()
 }

@@ -1,4 +1,5 @@
 //! Partition discovery, the mount layout plan and its execution.
+#![deny(unsafe_code)]
 
 pub mod copy;
 pub mod exec;
@@ -13,4 +14,6 @@ pub mod state;
 pub mod syscall;
 pub mod watchdog;
 
+// The one module allowed unsafe code: the ioctls rustix has no safe API for.
+#[allow(unsafe_code)]
 mod ffi;

@@ -33,7 +33,7 @@ pub fn attach_read_only(image: &Path) -> Result<PathBuf> {
         };
         match ffi::loop_set_fd(loop_file.as_fd(), backing.as_fd()) {
             Ok(()) => return Ok(dev),
-            Err(nix::errno::Errno::EBUSY) => continue,
+            Err(rustix::io::Errno::BUSY) => continue,
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "cannot attach {} to {}",

@@ -45,7 +45,7 @@ pub(crate) fn decompress<'a>(blob: impl Read + 'a) -> Result<Box<dyn Read + 'a>>
         // Multi-member: pigz and some registries write several gzip members.
         Box::new(flate2::bufread::MultiGzDecoder::new(reader))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader).context("starting zstd decoder")?)
+        Box::new(crate::zstd_frames::ZstdFrames::new(reader))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         bail!("the layer is xz-compressed, which OCI images do not allow (tar, tar+gzip, tar+zstd only)");
     } else if head.starts_with(b"BZh") {

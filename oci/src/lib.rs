@@ -54,6 +54,7 @@
 //! writes config, manifest and `index.json` (tag in
 //! `org.opencontainers.image.ref.name`; an existing entry with the same tag is
 //! replaced, other tags are kept). Output is deterministic for equal input.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,6 +68,7 @@ mod digest;
 mod layout;
 mod registry;
 mod source;
+mod zstd_frames;
 
 pub use build::{write_layout, EntryKind, ImageConfigInput, LayerEntry, LayerSource};
 pub use source::ImageSource;

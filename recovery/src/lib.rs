@@ -7,6 +7,8 @@
 //! slot). COS_OEM and COS_PERSISTENT are mounted as in a normal boot, so
 //! data can be rescued.
 
+#![forbid(unsafe_code)]
+
 use immuboot_assess::Mode;
 
 /// Where the init mounts the partition holding the image, and COS_STATE.

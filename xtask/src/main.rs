@@ -1,5 +1,6 @@
 //! `cargo xtask`: build the static init, the initramfs, the demo OS images and
 //! the disk; boot it in QEMU; run every test.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod disk;

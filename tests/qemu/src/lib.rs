@@ -4,6 +4,7 @@
 //! Every machine gets its own qcow2 overlay over the built disk and its own
 //! copy of the UEFI variables, so scenarios run side by side and the built
 //! disk is never written.
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use regex::Regex;

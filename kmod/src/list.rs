@@ -1,0 +1,83 @@
+//! The module list file of an initramfs (`[always]`, `[hardware]`,
+//! `[on-demand]` sections).
+
+use anyhow::bail;
+
+/// The module list of an initramfs: `[always]` modules are loaded whatever
+/// the hardware (file systems, loop); `[hardware]` ones only when a present
+/// device's modalias matches them (disk controllers, watchdogs);
+/// `[on-demand]` ones are carried but loaded only when the init asks (the
+/// software watchdog, when no hardware one exists). Lines before any
+/// section header count as `[always]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModuleList {
+    pub always: Vec<String>,
+    pub hardware: Vec<String>,
+    pub on_demand: Vec<String>,
+}
+
+impl ModuleList {
+    pub fn parse(text: &str) -> anyhow::Result<ModuleList> {
+        let mut list = ModuleList::default();
+        let mut section = 0;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            match line {
+                "" => {}
+                "[always]" => section = 0,
+                "[hardware]" => section = 1,
+                "[on-demand]" => section = 2,
+                l if l.starts_with('[') => bail!(
+                    "line {}: unknown section {l} (expected [always], [hardware] or [on-demand])",
+                    n + 1
+                ),
+                l => match section {
+                    0 => list.always.push(l.to_string()),
+                    1 => list.hardware.push(l.to_string()),
+                    _ => list.on_demand.push(l.to_string()),
+                },
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.always
+            .iter()
+            .chain(&self.hardware)
+            .chain(&self.on_demand)
+            .cloned()
+            .collect()
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "[always]\n{}\n[hardware]\n{}\n[on-demand]\n{}\n",
+            self.always.join("\n"),
+            self.hardware.join("\n"),
+            self.on_demand.join("\n")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_list_sections() {
+        let l = ModuleList::parse(
+            "ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[on-demand]\nsoftdog\n[always]\noverlay\n",
+        )
+        .unwrap();
+        assert_eq!(l.always, ["ext4", "loop", "overlay"]);
+        assert_eq!(l.hardware, ["virtio_pci"]);
+        assert_eq!(l.on_demand, ["softdog"]);
+        assert_eq!(
+            l.all(),
+            ["ext4", "loop", "overlay", "virtio_pci", "softdog"]
+        );
+        assert_eq!(ModuleList::parse(&l.render()).unwrap(), l);
+        assert!(ModuleList::parse("[sometimes]\n").is_err());
+    }
+}
