@@ -213,14 +213,31 @@ mod tests {
     #[test]
     fn atomic_write_replaces_file() {
         let dir = std::env::temp_dir().join(format!("immuboot-grubenv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("grubenv");
+        let mut old = GrubEnv::new();
+        old.set("next_entry", "passive").unwrap();
+        write_atomic(&path, &old).unwrap();
         let mut env = GrubEnv::new();
         env.set("next_entry", "recovery").unwrap();
         write_atomic(&path, &env).unwrap();
         assert_eq!(read(&path).unwrap(), env);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), BLOCK_SIZE as u64);
-        assert!(!path.with_extension("new").exists());
+        // Only the block: the temporary (`.grubenv.new`, see
+        // fsutil::temporary) was renamed over it, nothing else was left.
+        assert_eq!(crate::fsutil::temporary(&path), dir.join(".grubenv.new"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["grubenv"],
+            "files in {} after the write",
+            dir.display()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,6 +17,9 @@
 //! - an OCI image layout directory (`oci:DIR[:TAG]`),
 //! - a `docker save` / skopeo docker-archive tar (`docker-archive:PATH`).
 //!
+//! Registry access is the cargo feature `registry` (on by default). Without
+//! it no HTTP/TLS stack is compiled and a registry source is refused.
+//!
 //! # Verification
 //! Every blob is checked against its sha256 digest (and size) *before* any of
 //! its bytes are unpacked; the uncompressed layer is also checked against the
@@ -66,6 +69,7 @@ mod archive;
 mod build;
 mod digest;
 mod layout;
+#[cfg(feature = "registry")]
 mod registry;
 mod source;
 mod zstd_frames;
@@ -115,10 +119,13 @@ pub fn unpack(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<UnpackedImage> {
     match source {
+        #[cfg(feature = "registry")]
         ImageSource::Registry {
             reference,
             plain_http,
         } => registry::unpack(reference, *plain_http, dest, progress),
+        #[cfg(not(feature = "registry"))]
+        ImageSource::Registry { reference, .. } => Err(source::no_registry(reference)),
         ImageSource::Layout { dir, tag } => layout::unpack(dir, tag.as_deref(), dest, progress),
         ImageSource::DockerArchive { path } => archive::unpack(path, dest, progress),
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// Where [`crate::unpack`] reads an image from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,9 @@ impl ImageSource {
     }
 }
 
+#[cfg(feature = "registry")]
 fn registry(reference: &str, plain_http: bool) -> Result<ImageSource> {
+    use anyhow::Context;
     reference
         .parse::<oci_client::Reference>()
         .with_context(|| format!("invalid image reference {reference:?}; {FORMS}"))?;
@@ -98,6 +100,20 @@ fn registry(reference: &str, plain_http: bool) -> Result<ImageSource> {
         reference: reference.to_owned(),
         plain_http,
     })
+}
+
+#[cfg(not(feature = "registry"))]
+fn registry(reference: &str, _plain_http: bool) -> Result<ImageSource> {
+    Err(no_registry(reference))
+}
+
+/// The error for a registry source in a build without the `registry` feature.
+#[cfg(not(feature = "registry"))]
+pub(crate) fn no_registry(reference: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{reference:?} names a registry image, but this build of immuboot-oci has no \
+         registry support (cargo feature \"registry\"); use oci:DIR[:TAG] or docker-archive:PATH"
+    )
 }
 
 #[cfg(test)]
@@ -138,35 +154,6 @@ mod tests {
                 path: "/x/img.tar".into()
             }
         );
-        assert_eq!(
-            ImageSource::parse("docker://127.0.0.1:5000/test/os:1", true).unwrap(),
-            ImageSource::Registry {
-                reference: "127.0.0.1:5000/test/os:1".into(),
-                plain_http: true
-            }
-        );
-        assert_eq!(
-            ImageSource::parse("oci://ghcr.io/org/os:latest", false).unwrap(),
-            ImageSource::Registry {
-                reference: "ghcr.io/org/os:latest".into(),
-                plain_http: false
-            }
-        );
-        let digest = format!("quay.io/org/os@sha256:{}", "0".repeat(64));
-        assert_eq!(
-            ImageSource::parse(&digest, false).unwrap(),
-            ImageSource::Registry {
-                reference: digest.clone(),
-                plain_http: false
-            }
-        );
-        assert_eq!(
-            ImageSource::parse("10.0.2.2:5000/os:2", true).unwrap(),
-            ImageSource::Registry {
-                reference: "10.0.2.2:5000/os:2".into(),
-                plain_http: true
-            }
-        );
         // Existing paths win over references.
         assert_eq!(
             ImageSource::parse(dir, false).unwrap(),
@@ -197,5 +184,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("oci:DIR"), "{err}");
+    }
+
+    #[cfg(feature = "registry")]
+    #[test]
+    fn parse_registry_forms() {
+        assert_eq!(
+            ImageSource::parse("docker://127.0.0.1:5000/test/os:1", true).unwrap(),
+            ImageSource::Registry {
+                reference: "127.0.0.1:5000/test/os:1".into(),
+                plain_http: true
+            }
+        );
+        assert_eq!(
+            ImageSource::parse("oci://ghcr.io/org/os:latest", false).unwrap(),
+            ImageSource::Registry {
+                reference: "ghcr.io/org/os:latest".into(),
+                plain_http: false
+            }
+        );
+        let digest = format!("quay.io/org/os@sha256:{}", "0".repeat(64));
+        assert_eq!(
+            ImageSource::parse(&digest, false).unwrap(),
+            ImageSource::Registry {
+                reference: digest.clone(),
+                plain_http: false
+            }
+        );
+        assert_eq!(
+            ImageSource::parse("10.0.2.2:5000/os:2", true).unwrap(),
+            ImageSource::Registry {
+                reference: "10.0.2.2:5000/os:2".into(),
+                plain_http: true
+            }
+        );
+    }
+
+    #[cfg(not(feature = "registry"))]
+    #[test]
+    fn registry_refused_without_feature() {
+        for spec in [
+            "docker://127.0.0.1:5000/test/os:1",
+            "oci://ghcr.io/org/os:latest",
+            "10.0.2.2:5000/os:2",
+        ] {
+            let err = ImageSource::parse(spec, true).unwrap_err().to_string();
+            assert!(err.contains("no registry support"), "{spec}: {err}");
+        }
+        let source = ImageSource::Registry {
+            reference: "10.0.2.2:5000/os:2".into(),
+            plain_http: true,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let err = crate::unpack(&source, &tmp.path().join("root"), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no registry support"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Pulls through a real registry (Debian's docker-registry) on 127.0.0.1,
 //! with images pushed by skopeo; also checks that skopeo's docker-archive
-//! and zstd layouts unpack like ours. Skipped (with a message) when the
-//! tools are not installed: `apt-get install docker-registry skopeo`.
+//! and zstd layouts unpack like ours. Fails when the tools, declared host
+//! dependencies, are not installed (`cargo xtask deps`).
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Command;
 
-use common::registry::{have, skopeo, start_registry, Registry, REGISTRY, SKOPEO};
+use common::registry::{need, skopeo, start_registry, Registry, REGISTRY, SKOPEO};
 use immuboot_oci::{unpack, write_layout, ImageSource};
 
 fn layout_with_fixture(work: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) {
@@ -32,9 +32,8 @@ fn layout_with_fixture(work: &Path) -> (std::path::PathBuf, String, std::path::P
 
 #[test]
 fn pull_from_registry() {
-    if !have(REGISTRY) || !have(SKOPEO) {
-        return;
-    }
+    need(REGISTRY, "docker-registry");
+    need(SKOPEO, "skopeo");
     let work = tempfile::tempdir().unwrap();
     let (layout, _digest, reference_tree) = layout_with_fixture(work.path());
     let registry = start_registry(work.path(), None);
@@ -220,9 +219,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// skopeo's own docker-archive and zstd-compressed layout unpack the same.
 #[test]
 fn skopeo_formats_unpack_alike() {
-    if !have(SKOPEO) {
-        return;
-    }
+    need(SKOPEO, "skopeo");
     let work = tempfile::tempdir().unwrap();
     let (layout, _, reference_tree) = layout_with_fixture(work.path());
     let src = format!("oci:{}:v1", layout.display());

@@ -3,14 +3,14 @@
 //! test CA with SSL_CERT_FILE, which the system-store loader honours) and
 //! that an untrusted certificate fails with a hint. Its own test binary
 //! because it sets an environment variable for the whole process.
-//! Skipped (with a message) without docker-registry, skopeo or openssl.
+//! Fails without docker-registry, skopeo or openssl (host dependencies).
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::registry::{have, skopeo, start_registry, REGISTRY, SKOPEO};
+use common::registry::{need, skopeo, start_registry, REGISTRY, SKOPEO};
 use immuboot_oci::{unpack, write_layout, ImageConfigInput, ImageSource};
 
 const OPENSSL: &str = "/usr/bin/openssl";
@@ -98,9 +98,9 @@ fn make_certs(dir: &Path) {
 
 #[test]
 fn pull_over_tls() {
-    if !have(REGISTRY) || !have(SKOPEO) || !have(OPENSSL) {
-        return;
-    }
+    need(REGISTRY, "docker-registry");
+    need(SKOPEO, "skopeo");
+    need(OPENSSL, "openssl");
     let work = tempfile::tempdir().unwrap();
     make_certs(work.path());
     let registry = start_registry(

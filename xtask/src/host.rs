@@ -48,6 +48,8 @@ const NEEDS: &[(Probe, &[&str])] = &[
     (Probe::Command("minisign"), &["minisign"]),
     (Probe::Command("docker-registry"), &["docker-registry"]),
     (Probe::Command("skopeo"), &["skopeo"]),
+    // The test CA of the registry TLS test (oci/tests/registry_tls.rs).
+    (Probe::Command("openssl"), &["openssl"]),
     (Probe::Command("umoci"), &["umoci"]),
     (Probe::File("/usr/share/OVMF/OVMF_CODE_4M.fd"), &["ovmf"]),
     (

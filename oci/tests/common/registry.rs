@@ -84,10 +84,11 @@ pub fn skopeo(args: &[&str]) {
     );
 }
 
-pub fn have(tool: &str) -> bool {
-    if Path::new(tool).exists() {
-        return true;
-    }
-    eprintln!("SKIPPED: {tool} is not installed (apt-get install docker-registry skopeo)");
-    false
+/// Fails the test when `tool` is missing: these are declared host
+/// dependencies (xtask/src/host.rs), installed by `cargo xtask deps`.
+pub fn need(tool: &str, package: &str) {
+    assert!(
+        Path::new(tool).exists(),
+        "{tool} is not installed: install {package}, a host dependency (`cargo xtask deps`)"
+    );
 }

@@ -3,7 +3,7 @@
 //! on the serial console. Run by `cargo xtask test` (they are `#[ignore]`d
 //! in a plain `cargo test` because they need the built disk).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use immuboot_qemu_tests::{dmesg_interval, record_result, Machine, Vm};
 use serde_json::json;
 
@@ -845,12 +845,60 @@ fn other_slot(slot: &str) -> String {
     if slot == "a" { "b" } else { "a" }.to_string()
 }
 
+/// Whether a power cut at `point` leaves the upgrade's temporary image
+/// (`.X.img.new` beside the target slot's `X.img`) in cOS: `None` where it
+/// may or may not, depending on whether the file system committed its
+/// journal before the cut.
+/// - start, marked: no (the run removed older leftovers, durably, and has
+///   not created its temporary yet);
+/// - write-N: maybe (created and partly written, nothing fsynced yet);
+/// - written, verified: yes (the temporary was fsynced after the copy);
+/// - renamed: maybe (renamed over the slot, directory not fsynced yet);
+/// - synced and later: no (the rename was made durable by fsyncing cOS).
+fn leftover_expected(point: &str) -> Result<Option<bool>> {
+    Ok(match point {
+        "start" | "marked" => Some(false),
+        "write-10" | "write-50" | "write-90" | "renamed" => None,
+        "written" | "verified" => Some(true),
+        "synced" | "activating" | "activated" => Some(false),
+        _ => bail!("no leftover expectation for the checkpoint {point}"),
+    })
+}
+
+/// The `.new` files in cOS, from `ls -a`.
+fn temporaries(listing: &str) -> Vec<String> {
+    listing
+        .split_whitespace()
+        .filter(|name| name.ends_with(".new"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The step `clean_leftovers` reports for each file it removes.
+const LEFTOVER_REMOVED: &str = "left by an interrupted upgrade";
+
+/// No QEMU: s18 knows what to expect at each of its points, and reads `ls`.
+#[test]
+fn power_cut_points_have_leftover_expectations() {
+    for point in POWER_CUTS_WRITING.iter().chain(POWER_CUTS_INSTALLING) {
+        leftover_expected(point).unwrap();
+    }
+    assert!(leftover_expected("nowhere").is_err());
+    assert_eq!(
+        temporaries(".\r\n..\r\n.b.img.new\r\na.img\r\na.img.sha256\r\nb.img\r\n"),
+        [".b.img.new"]
+    );
+    assert!(temporaries("a.img\r\nb.img\r\n").is_empty());
+}
+
 /// Cuts the power at each point of an upgrade in turn; every next boot
 /// must land on a good slot, and a final rerun must succeed and boot.
 fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
     let mut m = Machine::new(name)?.with_payload().for_power_cuts();
     let mut outcomes = Vec::new();
     let mut vm = boot(&mut m)?;
+    // What the previous cut left in cOS (nothing on the fresh disk).
+    let mut leftover = false;
     for point in points {
         // The booted slot is good before each upgrade (a new slot that
         // booted after "activated" is marked good first).
@@ -862,10 +910,19 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
         vm.send(&format!(
             "IMMUBOOT_PAUSE_AT={point} immuboot upgrade {PAYLOAD}/v3.img\n"
         ))?;
-        vm.expect(
-            &format!("paused at checkpoint {point}"),
+        // Everything the run printed up to the pause.
+        let caps = vm.expect(
+            &format!("(?s)(.*?)paused at checkpoint {point}"),
             Duration::from_secs(300),
         )?;
+        // Each run first removes what the previous cut left, and reports it.
+        ensure!(
+            caps[1].contains(LEFTOVER_REMOVED) == leftover,
+            "the upgrade cut at {point} after a cut that left {}a temporary: \
+             it must report removing it exactly then; it printed:\n{}",
+            if leftover { "" } else { "no " },
+            caps[1]
+        );
         vm.power_cut()?;
         vm = boot(&mut m)?;
         let (mode, slot) = booted(&mut vm)?;
@@ -883,10 +940,25 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
             expected.0,
             expected.1
         );
-        // A temporary file the cut left behind is removed by the next run.
-        let leftover = vm
-            .run_ok("ls -a /run/initramfs/cos-state/cOS")?
-            .contains(".new");
+        // The only temporary a cut can leave is the target slot's image
+        // (the next run removes it: checked above and after the loop).
+        let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/cOS")?;
+        let found = temporaries(&listing);
+        let target_temporary = format!(".{}.img.new", other_slot(&before_slot));
+        ensure!(
+            found.iter().all(|name| *name == target_temporary),
+            "after a power cut at {point}: temporaries {found:?} in cOS, only \
+             {target_temporary} may be there:\n{listing}"
+        );
+        leftover = !found.is_empty();
+        if let Some(expected) = leftover_expected(point)? {
+            ensure!(
+                leftover == expected,
+                "after a power cut at {point}: {target_temporary} is {}there, expected {}:\n{listing}",
+                if leftover { "" } else { "not " },
+                if expected { "there" } else { "gone" }
+            );
+        }
         outcomes.push(json!({"point": point, "booted_slot": slot, "version": version, "leftover_temporary": leftover}));
     }
     // A rerun after all that succeeds and boots.
@@ -894,6 +966,12 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
     mount_payload(&mut vm)?;
     let out = upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
     ensure!(out.contains("written"), "{out}");
+    ensure!(
+        out.contains(LEFTOVER_REMOVED) == leftover,
+        "the rerun after the last cut (which left {}a temporary) must report \
+         removing it exactly then:\n{out}",
+        if leftover { "" } else { "no " }
+    );
     let target = if out.contains("slot a written") {
         "a"
     } else {
@@ -903,6 +981,11 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("active".into(), target.into()));
     ensure!(image_version(&mut vm)? == "3");
+    let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/cOS")?;
+    ensure!(
+        temporaries(&listing).is_empty(),
+        "temporaries left after the rerun:\n{listing}"
+    );
     record_result(name, json!({"points": outcomes}))?;
     Ok(())
 }
