@@ -111,11 +111,9 @@ fn booted_into_the_fallback_writes_the_failed_slot() {
     installed(&sb);
     // b was tried and failed; a (good) booted as the fallback.
     sb.ok(&["mark-active", "b"]);
-    let facts = sb.dir.join("facts/boot.json");
-    let text = std::fs::read_to_string(&facts).unwrap();
-    std::fs::write(&facts, text.replace("\"a\"", "\"b\"")).unwrap();
+    sb.write_facts(&Sandbox::facts(Some("b")));
     sb.ok(&["mark-bad", "kernel panic"]);
-    std::fs::write(&facts, text).unwrap();
+    sb.write_facts(&Sandbox::facts(Some("a")));
     let img = squashfs(&sb.dir, "4");
     let out = sb.ok(&["upgrade", img.to_str().unwrap()]);
     assert!(out.contains("slot b written"), "{out}");
