@@ -46,9 +46,19 @@ impl Sandbox {
     }
 
     pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let state = self.dir.join("state");
+        self.run_with(
+            &["--state-dir", state.to_str().unwrap()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Runs with these arguments and the facts directory only (the state
+    /// directory as the facts record it).
+    pub fn run_with(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_immuboot"))
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
             .arg("--facts-dir")
             .arg(self.dir.join("facts"))
             .args(args)
