@@ -1,15 +1,23 @@
 //! `immuboot upgrade` and `immuboot reset`: write an image into a slot (or
 //! the recovery image) the way RAUC and Android A/B do it:
 //!
-//! 1. mark the target slot not bootable;
-//! 2. write the image into a temporary file beside the slot (free space
-//!    checked first; on any error the temporary file is removed and the
-//!    boot state restored);
-//! 3. verify what is on disk: read it back past the page cache, compare
-//!    digests, check the signature when a trusted key is configured;
-//! 4. fsync, rename into place, record the digest lists, fsync the directory;
+//! 1. write the image into a temporary file beside the slot (free space
+//!    checked first; on any error the temporary file is removed);
+//! 2. verify what is on disk: read it back past the page cache, compare
+//!    digests, check the signature when a trusted key is configured, and
+//!    the digests of the kernel and initramfs inside. Until here nothing
+//!    changed: a refused image leaves the slot and the boot state as they
+//!    were;
+//! 3. mark the target slot not bootable (its old image is intact until the
+//!    rename, so this is needed only from here on);
+//! 4. rename into place (a failed rename restores the boot state), record
+//!    the digest lists, fsync the directory;
 //! 5. activate last: one atomic update of the boot state puts the slot on
 //!    trial and keeps the booted slot as the fallback.
+//!
+//! The crash-test checkpoints (`IMMUBOOT_PAUSE_AT`, see [`checkpoint`]) in
+//! order: start, write-10, write-50, write-90, written, verified, marked,
+//! renamed, synced, activating, activated.
 //!
 //! A rerun after an interruption removes the leftovers and starts again.
 

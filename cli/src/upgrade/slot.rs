@@ -2,7 +2,7 @@
 //! both, writing the recovery image.
 
 use super::verify::Checks;
-use super::write::{check_space, clean_leftovers, write_image};
+use super::write::{check_space, clean_leftovers, prepare_image};
 use super::{checkpoint, Installed, Request, Source};
 use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
@@ -49,16 +49,28 @@ impl Upgrade<'_> {
             check_space(&cos, size).with_context(|| format!("slot {target} was not changed"))?;
         }
 
-        // 1. The target may not boot while it is rewritten.
+        // 1–2. Written beside the old image and verified: a refused image
+        // leaves the slot and the boot state as they were.
+        let image = cos.join(format!("{target}.img"));
+        let prepared = prepare_image(req, &checks, &image, rep).with_context(|| {
+            format!(
+                "upgrade of slot {target} failed; its old image and the boot state are unchanged"
+            )
+        })?;
+
+        // 3. The target may not boot while its image is replaced. The state
+        // is read again: the write took a while.
+        let loaded = self.load()?;
+        let before = loaded.state.clone();
         let mut marked = before.clone();
         marked.take_out_of_service(target);
         commit(self.state_dir, &loaded.env, &marked, || {})
             .context("cannot mark the target slot not bootable")?;
         checkpoint("marked");
 
-        let image = cos.join(format!("{target}.img"));
-        let mut installed = match write_image(req, &checks, &image, rep) {
-            Ok(i) => i,
+        // 4. Into place, with its digest lists.
+        let renamed = match prepared.rename() {
+            Ok(r) => r,
             Err(e) => {
                 // Nothing was renamed: the slot still holds its old image.
                 let restored = commit(self.state_dir, &loaded.env, &before, || {});
@@ -72,6 +84,9 @@ impl Upgrade<'_> {
                 });
             }
         };
+        let mut installed = renamed.record().with_context(|| {
+            format!("slot {target} holds the new image, but its digest lists are incomplete: it stays marked bad (run the upgrade again)")
+        })?;
 
         // 5. Activate last, in one atomic state update.
         let current = self.load()?;
@@ -102,19 +117,34 @@ impl Upgrade<'_> {
         clean_leftovers(&cos, rep)?;
         let checks = Checks::prepare(req)?;
         let loaded = self.load()?;
-        let mut state = loaded.state.clone();
-        for slot in [Slot::A, Slot::B] {
-            state.take_out_of_service(slot);
-        }
-        commit(self.state_dir, &loaded.env, &state, || {})?;
         let mut out = Vec::new();
+        let mut marked = false;
         for slot in [Slot::A, Slot::B] {
             rep.step(&format!(
                 "writing slot {slot} from {}",
                 req.source.describe()
             ));
-            let mut i = write_image(req, &checks, &cos.join(format!("{slot}.img")), rep)
-                .with_context(|| format!("reset: writing slot {slot} failed; both slots stay marked bad, recovery still boots"))?;
+            let prepared = prepare_image(req, &checks, &cos.join(format!("{slot}.img")), rep)
+                .with_context(|| {
+                    if marked {
+                        format!("reset: writing slot {slot} failed; both slots stay marked bad, recovery still boots")
+                    } else {
+                        format!("reset: writing slot {slot} failed; the slots and the boot state are unchanged")
+                    }
+                })?;
+            if !marked {
+                // Verified once: from here on neither slot may boot until
+                // both are rewritten.
+                let mut state = loaded.state.clone();
+                for slot in [Slot::A, Slot::B] {
+                    state.take_out_of_service(slot);
+                }
+                commit(self.state_dir, &loaded.env, &state, || {})?;
+                marked = true;
+            }
+            let mut i = prepared.install().with_context(|| {
+                format!("reset: writing slot {slot} failed; both slots stay marked bad, recovery still boots")
+            })?;
             i.target = format!("slot {slot}");
             out.push(i);
         }
@@ -146,7 +176,7 @@ pub fn recovery(req: &Request, recovery_dir: &Path, rep: &mut Reporter) -> Resul
     let cos = recovery_dir.join("cOS");
     clean_leftovers(&cos, rep)?;
     let checks = Checks::prepare(req)?;
-    let mut i = write_image(req, &checks, &cos.join("recovery.img"), rep)?;
+    let mut i = prepare_image(req, &checks, &cos.join("recovery.img"), rep)?.install()?;
     i.target = "recovery".into();
     Ok(i)
 }

@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use immuboot_assess::{digest, fsutil};
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Room left free on the file system beside a new image (ext4 metadata,
 /// digest lists, the boot state).
@@ -66,15 +67,33 @@ pub(super) fn check_space(dir: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes `source` into `image` (a slot or the recovery image file) with
-/// steps 2–4 of the sequence; the caller marks and activates.
-pub fn write_image(
+/// An image written into its temporary file beside its place and verified
+/// there (steps 1–2 of the sequence): nothing else has changed yet. Dropped
+/// without [`Prepared::rename`], the temporary file is removed.
+pub struct Prepared {
+    tmp: PathBuf,
+    image: PathBuf,
+    sha256: String,
+    bytes: u64,
+    signed_by: Option<String>,
+    boot: Vec<digest::Entry>,
+    started: Instant,
+}
+
+/// An image renamed into its place whose digest lists are still to be
+/// recorded.
+pub struct Renamed(Prepared);
+
+/// Writes `source` into a temporary file beside `image` (a slot or the
+/// recovery image file) and verifies it: digest, signature, the boot files.
+/// The caller marks the target, then [`Prepared::rename`]s and activates.
+pub fn prepare_image(
     req: &Request,
     checks: &Checks,
     image: &Path,
     rep: &mut Reporter,
-) -> Result<Installed> {
-    let started = std::time::Instant::now();
+) -> Result<Prepared> {
+    let started = Instant::now();
     let dir = image
         .parent()
         .with_context(|| format!("{} has no directory", image.display()))?;
@@ -86,7 +105,7 @@ pub fn write_image(
         keys,
     } = checks;
 
-    let result = (|| -> Result<Installed> {
+    let result = (|| -> Result<Prepared> {
         let streamed = match &req.source {
             Source::Squashfs(src) => Some(copy_squashfs(src, &tmp, dir, rep)?),
             Source::Directory(root) => {
@@ -133,42 +152,89 @@ pub fn write_image(
         }
         let boot = boot_digests(&tmp)?;
         checkpoint("verified");
-        std::fs::rename(&tmp, image)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), image.display()))?;
-        checkpoint("renamed");
-        let name = image
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let image_str = image.display().to_string();
-        fsutil::write_atomic(
-            Path::new(&digest::image_digest_path(&image_str)),
-            digest::render(&[digest::Entry {
-                sha256: sha256.clone(),
-                name,
-            }])
-            .as_bytes(),
-        )?;
-        fsutil::write_atomic(
-            Path::new(&digest::boot_digest_path(&image_str)),
-            digest::render(&boot).as_bytes(),
-        )?;
-        fsutil::fsync_dir(dir)?;
-        checkpoint("synced");
-        Ok(Installed {
-            target: String::new(),
+        Ok(Prepared {
+            tmp: tmp.clone(),
             image: image.to_path_buf(),
             sha256,
             bytes,
             signed_by,
-            seconds: started.elapsed().as_secs_f64(),
+            boot,
+            started,
         })
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+impl Prepared {
+    /// Step 4: renames the verified image into its place, replacing the old
+    /// one. Until this returns Ok the old image is intact.
+    pub fn rename(self) -> Result<Renamed> {
+        std::fs::rename(&self.tmp, &self.image).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.image.display()
+            )
+        })?;
+        checkpoint("renamed");
+        Ok(Renamed(self))
+    }
+
+    /// [`Prepared::rename`] and [`Renamed::record`]: where no boot state
+    /// marks the target (the recovery image).
+    pub fn install(self) -> Result<Installed> {
+        self.rename()?.record()
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Gone once renamed; otherwise the write was abandoned.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Renamed {
+    /// Records the digest lists beside the image and fsyncs the directory.
+    pub fn record(self) -> Result<Installed> {
+        let p = &self.0;
+        let dir = p
+            .image
+            .parent()
+            .with_context(|| format!("{} has no directory", p.image.display()))?;
+        let name = p
+            .image
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let image_str = p.image.display().to_string();
+        fsutil::write_atomic(
+            Path::new(&digest::image_digest_path(&image_str)),
+            digest::render(&[digest::Entry {
+                sha256: p.sha256.clone(),
+                name,
+            }])
+            .as_bytes(),
+        )?;
+        fsutil::write_atomic(
+            Path::new(&digest::boot_digest_path(&image_str)),
+            digest::render(&p.boot).as_bytes(),
+        )?;
+        fsutil::fsync_dir(dir)?;
+        checkpoint("synced");
+        Ok(Installed {
+            target: String::new(),
+            image: p.image.clone(),
+            sha256: p.sha256.clone(),
+            bytes: p.bytes,
+            signed_by: p.signed_by.clone(),
+            seconds: p.started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 /// Copies a squashfs into `tmp`, hashing it on the way; returns the digest
