@@ -347,10 +347,13 @@ fn with_a_trusted_key_only_signed_untampered_images_install() {
     assert!(status(&sb).contains("active slot:  b"));
 }
 
+/// A file's inode number and bytes.
+type FileId = (u64, Vec<u8>);
+
 /// The bytes of the boot state (both copies) and of the slots, with their
 /// inode numbers: a file rewritten with the same bytes (replaced by
 /// rename) counts as changed too.
-fn snapshot(sb: &Sandbox) -> Vec<(PathBuf, Option<(u64, Vec<u8>)>)> {
+fn snapshot(sb: &Sandbox) -> Vec<(PathBuf, Option<FileId>)> {
     use std::os::unix::fs::MetadataExt;
     let state = state_dir(sb);
     ["grub/grubenv", "grub/grubenv.bak", "cOS/a.img", "cOS/b.img"]
