@@ -81,22 +81,71 @@ pub fn single(text: &str) -> Result<String> {
     }
 }
 
-/// SHA-256 of everything `reader` yields, as lowercase hex, and the length.
-pub fn sha256_hex(mut reader: impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
+/// A reader that hashes and counts what passes through it: the one SHA-256
+/// read loop of the image writer, its read-back check and [`sha256_hex`].
+/// Callers that do more with each chunk (write it, report progress, feed a
+/// signature verifier) read with [`HashingReader::next_chunk`].
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
-    Ok((hex(&hasher.finalize()), total))
+
+    /// Bytes read so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the next chunk into `buf` (retrying when interrupted), hashed;
+    /// `None` at the end.
+    pub fn next_chunk<'b>(&mut self, buf: &'b mut [u8]) -> std::io::Result<Option<&'b [u8]>> {
+        loop {
+            match self.read(buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The SHA-256 of what was read, as lowercase hex, and its length.
+    pub fn finish(self) -> (String, u64) {
+        (hex(&self.hasher.finalize()), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// The buffer size of the image readers and writers.
+pub const CHUNK: usize = 1 << 20;
+
+/// SHA-256 of everything `reader` yields, as lowercase hex, and the length.
+pub fn sha256_hex(reader: impl Read) -> std::io::Result<(String, u64)> {
+    let mut reader = HashingReader::new(reader);
+    let mut buf = vec![0u8; CHUNK];
+    while reader.next_chunk(&mut buf)?.is_some() {}
+    Ok(reader.finish())
 }
 
 /// SHA-256 of a file, with the file named in the error.
@@ -124,6 +173,35 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(n, 3);
+    }
+
+    /// Reads one byte at a time and fails with EINTR every other call.
+    struct Stuttering<'a>(&'a [u8], bool);
+
+    impl Read for Stuttering<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(buf.len()).min(1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn hashing_reader_hands_out_every_chunk_and_retries_interrupts() {
+        let mut r = HashingReader::new(Stuttering(b"abc", false));
+        let mut buf = [0u8; 8];
+        let mut seen = Vec::new();
+        while let Some(chunk) = r.next_chunk(&mut buf).unwrap() {
+            seen.extend_from_slice(chunk);
+            assert_eq!(r.len(), seen.len() as u64);
+        }
+        assert_eq!(seen, b"abc");
+        assert_eq!(r.finish(), sha256_hex(&b"abc"[..]).unwrap());
     }
 
     #[test]

@@ -416,6 +416,100 @@ impl BootState {
     }
 }
 
+/// The changes an image writer makes to the boot state around a write.
+impl BootState {
+    /// `slot` may not boot while its image is replaced: bad, and no longer
+    /// the active slot (the other one takes over). Unlike
+    /// [`BootState::mark_bad`] this records no failure: nothing failed.
+    pub fn take_out_of_service(&mut self, slot: Slot) {
+        *self.health_mut(slot) = Health::Bad;
+        if self.active_slot == slot {
+            self.active_slot = slot.other();
+        }
+    }
+
+    /// A freshly written `slot` boots next: active on trial for `tries`
+    /// boots (the other slot stays the fallback), and a pending one-shot
+    /// choice is dropped so it cannot bypass the new slot.
+    pub fn activate_written(&mut self, slot: Slot, tries: u8) {
+        self.activate_on_trial(slot, tries);
+        self.next_entry = None;
+    }
+
+    /// Both slots were rewritten from one image (reset from recovery):
+    /// slot a is active, both have `health`, and the old failure and any
+    /// one-shot choice are forgotten.
+    pub fn reset_to(&mut self, health: Health) {
+        self.active_slot = Slot::A;
+        self.next_entry = None;
+        self.last_failure = None;
+        self.a = health;
+        self.b = health;
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_out_of_service_is_never_chosen() {
+        let mut s = BootState::default();
+        s.take_out_of_service(Slot::B);
+        assert_eq!(
+            (s.active_slot, s.b, s.last_failure.clone()),
+            (Slot::A, Health::Bad, None)
+        );
+        assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        assert_eq!(s.slot_for(Mode::Active), Some(Slot::A));
+        // The active slot itself: the other one takes over.
+        let mut s = BootState::default();
+        s.take_out_of_service(Slot::A);
+        assert_eq!(s.active_slot, Slot::B);
+        s.take_out_of_service(Slot::B);
+        assert_eq!(s.grub_automatic_choice(), Mode::Recovery);
+    }
+
+    #[test]
+    fn a_written_slot_boots_next_on_trial() {
+        let mut s = BootState {
+            next_entry: Some(Mode::Passive),
+            ..Default::default()
+        };
+        s.take_out_of_service(Slot::B);
+        s.activate_written(Slot::B, 12);
+        assert_eq!(
+            (s.active_slot, s.b, s.a, s.next_entry),
+            (Slot::B, Health::Trial { tries: 9 }, Health::Good, None)
+        );
+    }
+
+    #[test]
+    fn reset_makes_slot_a_active_with_the_given_health() {
+        let mut s = BootState {
+            active_slot: Slot::B,
+            next_entry: Some(Mode::Recovery),
+            last_failure: Some("slot b: panic".into()),
+            ..Default::default()
+        };
+        s.take_out_of_service(Slot::A);
+        s.take_out_of_service(Slot::B);
+        s.reset_to(Health::Trial { tries: 2 });
+        assert_eq!(
+            s,
+            BootState {
+                active_slot: Slot::A,
+                next_entry: None,
+                a: Health::Trial { tries: 2 },
+                b: Health::Trial { tries: 2 },
+                last_failure: None,
+            }
+        );
+        s.reset_to(Health::Good);
+        assert_eq!(s, BootState::default());
+    }
+}
+
 /// What the kernel command line asked for; any part may be missing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootRequest {

@@ -106,3 +106,66 @@ fn recovery_boot_has_no_slot_to_mark() {
     let (ok, out) = sb.run(&["mark-good"]);
     assert!(!ok && out.contains("recovery"), "{out}");
 }
+
+#[test]
+fn missing_facts_are_reported_in_the_facts_directory_given() {
+    let sb = Sandbox::new("nofacts", Some("a"));
+    std::fs::remove_file(sb.dir.join("facts/boot.json")).unwrap();
+    let facts_dir = sb.dir.join("facts").display().to_string();
+    let (ok, out) = sb.run(&["mark-good"]);
+    assert!(
+        !ok && out.contains(&format!("no boot facts in {facts_dir}")),
+        "{out}"
+    );
+    assert!(!out.contains("/run/immuboot"), "{out}");
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains(&format!("no boot facts in {facts_dir}")),
+        "{status}"
+    );
+}
+
+#[test]
+fn garbled_facts_warn_in_status_and_stop_what_needs_the_booted_slot() {
+    let sb = Sandbox::new("garbled", Some("a"));
+    std::fs::write(sb.dir.join("facts/boot.json"), "{\"mode\": \"act").unwrap();
+    let status = sb.ok(&["status"]);
+    assert!(
+        status.contains("warning:") && status.contains("boot.json"),
+        "{status}"
+    );
+    assert!(status.contains("active slot:  a"), "{status}");
+    let json = sb.ok(&["status", "--json"]);
+    assert!(json.contains("\"active_slot\""), "{json}");
+    let (ok, out) = sb.run(&["mark-good"]);
+    assert!(
+        !ok && out.contains("boot.json") && out.contains("not valid JSON"),
+        "{out}"
+    );
+    let (ok, out) = sb.run(&["mark-bad", "x"]);
+    assert!(!ok && out.contains("not valid JSON"), "{out}");
+    // Commands that do not need the booted slot still work.
+    sb.ok(&["next-boot", "passive"]);
+}
+
+#[test]
+fn the_state_directory_is_where_the_boot_mounted_it() {
+    let sb = Sandbox::new("statemount", Some("a"));
+    let mut facts = Sandbox::facts(Some("a"));
+    facts.state_mount = Some(sb.dir.join("state").display().to_string());
+    sb.write_facts(&facts);
+    let (ok, out) = sb.run_with(&["rollback"]);
+    assert!(ok && out.contains("slot b is active"), "{out}");
+    assert!(sb.ok(&["status"]).contains("active slot:  b"));
+}
+
+#[test]
+fn status_json_carries_the_typed_facts() {
+    let sb = Sandbox::new("json", Some("b"));
+    let out = sb.ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["boot"]["mode"], "active");
+    assert_eq!(v["boot"]["target"]["slot"], "b");
+    assert_eq!(v["boot"]["labels"]["recovery"], "COS_RECOVERY");
+    assert_eq!(v["state"]["active_slot"], "a");
+}

@@ -111,11 +111,9 @@ fn booted_into_the_fallback_writes_the_failed_slot() {
     installed(&sb);
     // b was tried and failed; a (good) booted as the fallback.
     sb.ok(&["mark-active", "b"]);
-    let facts = sb.dir.join("facts/boot.json");
-    let text = std::fs::read_to_string(&facts).unwrap();
-    std::fs::write(&facts, text.replace("\"a\"", "\"b\"")).unwrap();
+    sb.write_facts(&Sandbox::facts(Some("b")));
     sb.ok(&["mark-bad", "kernel panic"]);
-    std::fs::write(&facts, text).unwrap();
+    sb.write_facts(&Sandbox::facts(Some("a")));
     let img = squashfs(&sb.dir, "4");
     let out = sb.ok(&["upgrade", img.to_str().unwrap()]);
     assert!(out.contains("slot b written"), "{out}");
@@ -349,6 +347,64 @@ fn with_a_trusted_key_only_signed_untampered_images_install() {
     assert!(status(&sb).contains("active slot:  b"));
 }
 
+/// A file's inode number and bytes.
+type FileId = (u64, Vec<u8>);
+
+/// The bytes of the boot state (both copies) and of the slots, with their
+/// inode numbers: a file rewritten with the same bytes (replaced by
+/// rename) counts as changed too.
+fn snapshot(sb: &Sandbox) -> Vec<(PathBuf, Option<FileId>)> {
+    use std::os::unix::fs::MetadataExt;
+    let state = state_dir(sb);
+    ["grub/grubenv", "grub/grubenv.bak", "cOS/a.img", "cOS/b.img"]
+        .iter()
+        .map(|p| {
+            let path = state.join(p);
+            let file = std::fs::metadata(&path)
+                .ok()
+                .map(|m| (m.ino(), std::fs::read(&path).unwrap()));
+            (path, file)
+        })
+        .collect()
+}
+
+#[test]
+fn a_tampered_signed_image_is_refused_before_anything_changes() {
+    let sb = Sandbox::new("up-tamper-bytes", Some("a"));
+    installed(&sb);
+    let (public, secret) =
+        keypair(&sb.dir).expect("minisign is needed (cargo xtask deps installs it)");
+    let img = squashfs(&sb.dir, "3");
+    sign(&secret, &img);
+    let tampered = sb.dir.join("tampered.img");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&tampered, bytes).unwrap();
+    let before = snapshot(&sb);
+    assert!(
+        before[..2].iter().all(|(_, b)| b.is_some()),
+        "both copies of the boot state exist: {:?}",
+        before
+            .iter()
+            .map(|(p, b)| (p, b.is_some()))
+            .collect::<Vec<_>>()
+    );
+    let (ok, out) = sb.run(&[
+        "upgrade",
+        tampered.to_str().unwrap(),
+        "--signature",
+        &format!("{}.minisig", img.display()),
+        "--trusted-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("tampered"), "{out}");
+    for ((path, was), (_, is)) in before.iter().zip(snapshot(&sb)) {
+        assert!(*was == is, "{} changed", path.display());
+    }
+    assert!(!state_dir(&sb).join("cOS/.b.img.new").exists());
+}
+
 #[test]
 fn oci_layout_is_flattened_and_squashed_into_the_slot() {
     use immuboot_oci::{LayerEntry, LayerSource};
@@ -400,4 +456,46 @@ fn oci_layout_is_flattened_and_squashed_into_the_slot() {
         "{list}"
     );
     assert!(status(&sb).contains("slot b:       on trial, 3 tries left  (image version 5)"));
+}
+
+#[test]
+fn reset_without_a_source_uses_the_recovery_image_the_boot_mounted() {
+    let sb = Sandbox::new("up-reset-recovery", None);
+    installed_from_recovery(&sb);
+    let img = squashfs(&sb.dir, "8");
+    let recovery = sb.dir.join("recovery-mount");
+    std::fs::create_dir_all(recovery.join("cOS")).unwrap();
+    std::fs::copy(&img, recovery.join("cOS/recovery.img")).unwrap();
+    let mut facts = Sandbox::facts(None);
+    facts.recovery_mount = Some(recovery.display().to_string());
+    sb.write_facts(&facts);
+    let out = sb.ok(&["reset"]);
+    assert!(
+        out.contains("reset done") && out.contains(&recovery.display().to_string()),
+        "{out}"
+    );
+    let cos = state_dir(&sb).join("cOS");
+    assert_eq!(sha256(&cos.join("a.img")), sha256(&img));
+    assert_eq!(sha256(&cos.join("b.img")), sha256(&img));
+    let st = status(&sb);
+    assert!(
+        st.contains("active slot:  a")
+            && st.contains("slot a:       good")
+            && st.contains("slot b:       good"),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_reset_from_a_refused_source_changes_nothing() {
+    let sb = Sandbox::new("up-reset-refused", None);
+    installed_from_recovery(&sb);
+    sb.ok(&["mark-active", "b"]);
+    let img = squashfs(&sb.dir, "7");
+    let before = snapshot(&sb);
+    let (ok, out) = sb.run(&["reset", img.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
+    assert!(!ok && out.contains("unchanged"), "{out}");
+    for ((path, was), (_, is)) in before.iter().zip(snapshot(&sb)) {
+        assert!(*was == is, "{} changed", path.display());
+    }
 }

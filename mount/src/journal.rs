@@ -9,13 +9,12 @@ use anyhow::{Context, Result};
 use std::os::fd::AsFd;
 use std::path::Path;
 
-/// Checkpoints the journal of the file system mounted at `mount_root`.
-/// Does nothing when `mount_root` is not the root of a mount (a test
-/// directory): freezing a host's file system is never wanted there.
-pub fn checkpoint(mount_root: &Path) -> Result<()> {
-    let is_mount_root = rustix::fs::statx(
+/// Whether `path` is the root of a mounted file system (statx
+/// `STATX_ATTR_MOUNT_ROOT`); false when it cannot be told.
+pub fn is_mount_root(path: &Path) -> bool {
+    rustix::fs::statx(
         rustix::fs::CWD,
-        mount_root,
+        path,
         rustix::fs::AtFlags::empty(),
         rustix::fs::StatxFlags::BASIC_STATS,
     )
@@ -26,12 +25,33 @@ pub fn checkpoint(mount_root: &Path) -> Result<()> {
                 .stx_attributes
                 .contains(rustix::fs::StatxAttributes::MOUNT_ROOT)
     })
-    .unwrap_or(false);
-    if !is_mount_root {
+    .unwrap_or(false)
+}
+
+/// Checkpoints the journal of the file system mounted at `mount_root`.
+/// Does nothing when `mount_root` is not the root of a mount (a test
+/// directory): freezing a host's file system is never wanted there.
+pub fn checkpoint(mount_root: &Path) -> Result<()> {
+    if !is_mount_root(mount_root) {
         return Ok(());
     }
     let dir = std::fs::File::open(mount_root)
         .with_context(|| format!("cannot open {}", mount_root.display()))?;
     crate::ffi::freeze_thaw(dir.as_fd())
         .with_context(|| format!("cannot checkpoint the journal of {}", mount_root.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_is_a_mount_root_and_a_fresh_directory_is_not() {
+        assert!(is_mount_root(Path::new("/")));
+        let d = std::env::temp_dir().join(format!("immuboot-mountroot-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(!is_mount_root(&d));
+        assert!(!is_mount_root(&d.join("missing")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -2,6 +2,8 @@
 //! tool would see them on a booted system.
 #![allow(dead_code)]
 
+use immuboot_assess::{BootTarget, Mode, Slot};
+use immuboot_mount::facts::BootFacts;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,26 +17,48 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("state/grub")).unwrap();
         std::fs::create_dir_all(dir.join("facts")).unwrap();
-        let slot = booted_slot
-            .map(|s| format!("\"{s}\""))
-            .unwrap_or("null".into());
-        let mode = if booted_slot.is_some() {
-            "active"
+        let sb = Sandbox { dir };
+        sb.write_facts(&Sandbox::facts(booted_slot));
+        sb
+    }
+
+    /// Boot facts of a boot of `booted_slot` (None: the recovery image), as
+    /// the init writes them.
+    pub fn facts(booted_slot: Option<&str>) -> BootFacts {
+        let slot: Option<Slot> = booted_slot.map(|s| s.parse().unwrap());
+        let mode = if slot.is_some() {
+            Mode::Active
         } else {
-            "recovery"
+            Mode::Recovery
         };
-        std::fs::write(
-            dir.join("facts/boot.json"),
-            format!(r#"{{"mode":"{mode}","target":{{"mode":"{mode}","slot":{slot},"image":"/cOS/x.img"}}}}"#),
-        )
-        .unwrap();
-        Sandbox { dir }
+        let mut facts = BootFacts::new("test");
+        facts.mode = Some(mode);
+        facts.target = Some(BootTarget {
+            mode,
+            slot,
+            image: "/cOS/x.img".into(),
+        });
+        facts
+    }
+
+    pub fn write_facts(&self, facts: &BootFacts) {
+        std::fs::write(self.dir.join("facts/boot.json"), facts.to_json().unwrap()).unwrap();
     }
 
     pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let state = self.dir.join("state");
+        self.run_with(
+            &["--state-dir", state.to_str().unwrap()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Runs with these arguments and the facts directory only (the state
+    /// directory as the facts record it).
+    pub fn run_with(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_immuboot"))
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
             .arg("--facts-dir")
             .arg(self.dir.join("facts"))
             .args(args)

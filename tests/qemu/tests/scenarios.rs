@@ -821,13 +821,13 @@ fn s17_upgrades_from_a_directory_and_from_a_registry_boot() -> Result<()> {
 }
 
 /// The named points of `immuboot upgrade` (`IMMUBOOT_PAUSE_AT`) where s18
-/// cuts the power, in two machines that run side by side: before the
-/// image is complete, and from verification to activation.
+/// cuts the power, in the order the upgrade passes them, in two machines
+/// that run side by side: until the image is written and verified (the
+/// boot state untouched), and from marking the target to activation.
 const POWER_CUTS_WRITING: &[&str] = &[
-    "start", "marked", "write-10", "write-50", "write-90", "written",
+    "start", "write-10", "write-50", "write-90", "written", "verified",
 ];
-const POWER_CUTS_INSTALLING: &[&str] =
-    &["verified", "renamed", "synced", "activating", "activated"];
+const POWER_CUTS_INSTALLING: &[&str] = &["marked", "renamed", "synced", "activating", "activated"];
 
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]

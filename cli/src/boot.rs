@@ -1,0 +1,176 @@
+//! What the tool knows about the running boot: the init's boot facts (typed,
+//! [`BootFacts`]), and from them where the boot state lives and which
+//! partitions (labels, devices, file system types) the boot used.
+
+use anyhow::{bail, Context, Result};
+use immuboot_assess::{store, Mode, Slot};
+use immuboot_mount::facts::BootFacts;
+use immuboot_mount::labels::Labels;
+use immuboot_mount::plan::MountFlags;
+use immuboot_mount::syscall::{LinuxSyscall, Syscall};
+use std::path::{Path, PathBuf};
+
+/// The boot facts as found in the facts directory.
+pub struct Boot {
+    dir: PathBuf,
+    /// `Ok(None)`: there are none (not booted by immuboot); `Err`: a
+    /// boot.json that cannot be read or parsed.
+    facts: Result<Option<BootFacts>>,
+}
+
+impl Boot {
+    pub fn read(dir: &Path) -> Boot {
+        Boot {
+            dir: dir.to_path_buf(),
+            facts: BootFacts::read(dir),
+        }
+    }
+
+    /// Where the facts were looked for.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The facts, if there are readable ones.
+    pub fn facts(&self) -> Option<&BootFacts> {
+        self.facts.as_ref().ok().and_then(Option::as_ref)
+    }
+
+    /// Why the facts that exist cannot be used, if they cannot.
+    pub fn error(&self) -> Option<String> {
+        self.facts.as_ref().err().map(|e| format!("{e:#}"))
+    }
+
+    /// The facts, refusing when there are none or they cannot be read.
+    pub fn required(&self) -> Result<&BootFacts> {
+        match &self.facts {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => bail!(
+                "no boot facts in {}: this system was not booted by immuboot",
+                self.dir.display()
+            ),
+            Err(e) => bail!("{e:#}"),
+        }
+    }
+
+    /// The mode this system booted in: None without facts; an error when
+    /// boot.json exists but cannot be read.
+    pub fn mode(&self) -> Result<Option<Mode>> {
+        match &self.facts {
+            Ok(f) => Ok(f.as_ref().and_then(|f| f.mode)),
+            Err(e) => bail!("{e:#}"),
+        }
+    }
+
+    /// The slot this system booted, or None when it runs the recovery image.
+    pub fn booted_slot_or_recovery(&self) -> Result<Option<Slot>> {
+        Ok(self.required()?.booted_slot())
+    }
+
+    /// The slot this system booted, from the init's boot facts.
+    pub fn booted_slot(&self) -> Result<Slot> {
+        self.booted_slot_or_recovery()?
+            .context("booted from the recovery image: there is no slot to mark")
+    }
+
+    /// The partition labels the boot used (the defaults without facts).
+    pub fn labels(&self) -> Labels {
+        self.facts().map(|f| f.labels.clone()).unwrap_or_default()
+    }
+
+    /// Where COS_STATE is mounted, as the init recorded it.
+    pub fn state_mount(&self) -> PathBuf {
+        self.facts()
+            .and_then(|f| f.state_mount.as_deref())
+            .unwrap_or(immuboot_recovery::STATE_MOUNT)
+            .into()
+    }
+
+    /// Where COS_RECOVERY is mounted when the boot mounted it.
+    pub fn recovery_mount(&self) -> Option<PathBuf> {
+        self.facts()
+            .and_then(|f| f.recovery_mount.as_deref())
+            .map(PathBuf::from)
+    }
+
+    /// The recovery image this system runs (in recovery mode).
+    pub fn recovery_image(&self) -> PathBuf {
+        self.recovery_mount()
+            .unwrap_or_else(|| immuboot_recovery::RECOVERY_MOUNT.into())
+            .join(immuboot_assess::RECOVERY_IMAGE.trim_start_matches('/'))
+    }
+
+    /// The block device of a partition: as the boot found it, else udev's
+    /// by-label link.
+    pub fn device_of(&self, label: &str) -> Result<PathBuf> {
+        if let Some(p) = self.facts().and_then(|f| f.partition(label)) {
+            return Ok(p.device.clone());
+        }
+        let link = Path::new("/dev/disk/by-label").join(label);
+        std::fs::canonicalize(&link).with_context(|| {
+            format!(
+                "no partition labelled {label} ({} is missing)",
+                link.display()
+            )
+        })
+    }
+
+    /// The file system type of a partition, as the boot found it (ext4 when
+    /// unknown).
+    pub fn fstype_of(&self, label: &str) -> String {
+        self.facts()
+            .and_then(|f| f.partition(label))
+            .map(|p| p.fstype.clone())
+            .unwrap_or_else(|| "ext4".into())
+    }
+
+    /// Mounts the partition labelled `label` on `at` (read-only; writers
+    /// remount it), unless something is mounted there already.
+    pub fn mount_label(&self, label: &str, at: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(at)?;
+        if !immuboot_mount::journal::is_mount_root(at) {
+            self.mount(label, at, MountFlags::RO)?;
+        }
+        Ok(at.to_path_buf())
+    }
+
+    /// Mounts the partition labelled `label` on `at` with `flags`.
+    pub fn mount(&self, label: &str, at: &Path, flags: MountFlags) -> Result<()> {
+        let dev = self.device_of(label)?;
+        LinuxSyscall
+            .mount(
+                &dev.to_string_lossy(),
+                at,
+                &self.fstype_of(label),
+                flags,
+                "",
+            )
+            .with_context(|| {
+                format!(
+                    "cannot mount {} ({label}) on {}",
+                    dev.display(),
+                    at.display()
+                )
+            })
+    }
+}
+
+/// Loads the boot state under `state_dir` for a change, refusing when
+/// there is no boot state directory at all (COS_STATE not mounted there).
+/// Unreadable copies start from the defaults, with a warning.
+pub fn load_state(state_dir: &Path) -> Result<store::Loaded> {
+    let loaded = store::load(state_dir);
+    if let store::Source::Defaults { error } = &loaded.source {
+        if !store::primary(state_dir)
+            .parent()
+            .is_some_and(|p| p.is_dir())
+        {
+            bail!(
+                "no boot state directory under {}: {error} (is COS_STATE mounted there?)",
+                state_dir.display()
+            );
+        }
+        eprintln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,152 @@
+//! `immuboot status`: what booted, from which image, and the boot state.
+
+use super::Ctx;
+use crate::upgrade;
+use anyhow::Result;
+use immuboot_assess::{store, Health, Slot};
+
+fn os_release_field(field: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}=")))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+fn health_text(h: Health) -> String {
+    match h {
+        Health::Good => "good".into(),
+        Health::Trial { tries } => format!("on trial, {tries} tries left"),
+        Health::Bad => "bad".into(),
+    }
+}
+
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
+    let state_dir = ctx.state_dir.as_path();
+    let facts = ctx.boot.facts();
+    let loaded = store::load(state_dir);
+    let state = &loaded.state;
+    let mode = facts.and_then(|f| f.mode);
+    let booted = facts.and_then(|f| f.booted_slot());
+    // Recorded by the init at boot; a later mark-good changes the state but
+    // not why this boot was a fallback.
+    let fallback = facts
+        .and_then(|f| f.fallback.clone())
+        .or_else(|| mode.and_then(|m| state.fallback_reason(m, booted)));
+    if json {
+        if let Some(e) = ctx.boot.error() {
+            eprintln!("immuboot: warning: {e}");
+        }
+        let out = serde_json::json!({
+            "boot": facts,
+            "image_version": os_release_field("IMAGE_VERSION"),
+            "state": state,
+            "state_source": loaded.source,
+            "state_warnings": loaded.warnings,
+            "fallback": fallback,
+            "slot_versions": {
+                "a": upgrade::image_version(&state_dir.join(Slot::A.image_path().trim_start_matches('/'))),
+                "b": upgrade::image_version(&state_dir.join(Slot::B.image_path().trim_start_matches('/'))),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    match facts {
+        Some(f) => {
+            println!(
+                "booted:       {} (slot {}) {}  version {}",
+                or_dash(f.mode),
+                or_dash(f.booted_slot()),
+                or_dash(f.target.as_ref().map(|t| &t.image)),
+                os_release_field("IMAGE_VERSION").unwrap_or_else(|| "-".into())
+            );
+            if let Some(why) = &fallback {
+                println!("FALLBACK:     {why}");
+            }
+            println!(
+                "image from:   {} {}",
+                or_dash(f.image_partition.as_ref()),
+                or_dash(f.image_device.as_ref().map(|d| d.display()))
+            );
+            println!(
+                "persistence:  {}",
+                if f.persistence {
+                    format!(
+                        "yes ({} on /usr/local)",
+                        or_dash(f.persistent_device.as_ref().map(|d| d.display()))
+                    )
+                } else {
+                    "NO: changes to /usr/local and persistent paths are lost at reboot".into()
+                }
+            );
+            println!(
+                "oem:          {}",
+                or_dash(f.oem_device.as_ref().map(|d| d.display()))
+            );
+            println!(
+                "layout:       {}",
+                or_dash(Some(&f.layout_source).filter(|s| !s.is_empty()))
+            );
+            let ms: u128 = f.steps.iter().map(|s| s.ms).sum();
+            println!(
+                "init:         {} ms in the initramfs, switched root at {:.2} s",
+                ms, f.uptime_switch_s
+            );
+            for w in &f.warnings {
+                println!("warning:      {w}");
+            }
+        }
+        None => match ctx.boot.error() {
+            Some(e) => {
+                println!("booted:       unknown (the boot facts cannot be used)");
+                println!("warning:      {e}");
+            }
+            None => println!(
+                "booted:       unknown (no boot facts in {}: not booted by immuboot?)",
+                ctx.boot.dir().display()
+            ),
+        },
+    }
+    match &loaded.source {
+        store::Source::Primary => {}
+        store::Source::Backup { primary_error } => {
+            println!("boot state:   from the backup copy ({primary_error})")
+        }
+        store::Source::Defaults { error } => {
+            println!("boot state:   unreadable, defaults shown ({error})")
+        }
+    }
+    println!("active slot:  {}", state.active_slot);
+    let versions: Vec<(Slot, Option<String>)> = [Slot::A, Slot::B]
+        .into_iter()
+        .map(|slot| {
+            let image = state_dir.join(slot.image_path().trim_start_matches('/'));
+            (slot, upgrade::image_version(&image))
+        })
+        .collect();
+    for (slot, version) in &versions {
+        println!(
+            "slot {slot}:       {}  (image version {})",
+            health_text(state.health(*slot)),
+            version.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "next boot:    {}",
+        match state.next_entry {
+            Some(m) => format!("{m} (one-shot)"),
+            None => "automatic".into(),
+        }
+    );
+    if let Some(f) = &state.last_failure {
+        println!("last failure: {f}");
+    }
+    for w in &loaded.warnings {
+        println!("warning:      {w}");
+    }
+    Ok(())
+}

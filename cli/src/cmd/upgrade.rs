@@ -1,0 +1,77 @@
+//! `immuboot upgrade`: a new image into the slot that did not boot (or the
+//! recovery image), activated on trial.
+
+use super::{reboot_now, Ctx};
+use crate::{progress, upgrade, WriteOptions};
+use anyhow::Result;
+use immuboot_mount::state::with_writable;
+use immuboot_mount::syscall::LinuxSyscall;
+
+/// Where COS_RECOVERY is mounted for `--recovery` when the boot did not
+/// mount it.
+const RECOVERY_WRITE_MOUNT: &str = "/run/immuboot/cos-recovery";
+
+pub fn run(
+    ctx: &Ctx,
+    source: &str,
+    recovery: bool,
+    reboot: bool,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let req = opts.request(source)?;
+    let mut rep = progress::Reporter::new(opts.json);
+    let state = &ctx.state_dir;
+    let installed = if recovery {
+        upgrade::check_recovery_writable(ctx.boot.mode()?)?;
+        let dir = match &opts.recovery_dir {
+            Some(d) => d.clone(),
+            None => {
+                let at = ctx
+                    .boot
+                    .recovery_mount()
+                    .unwrap_or_else(|| RECOVERY_WRITE_MOUNT.into());
+                ctx.boot.mount_label(&ctx.boot.labels().recovery, &at)?
+            }
+        };
+        with_writable(&LinuxSyscall, &dir, || {
+            upgrade::recovery(&req, &dir, &mut rep)
+        })?
+    } else {
+        let booted = ctx.boot.booted_slot_or_recovery()?;
+        with_writable(&LinuxSyscall, state, || {
+            upgrade::Upgrade {
+                state_dir: state,
+                booted,
+            }
+            .slot(&req, &mut rep)
+        })?
+    };
+    rep.result(
+        upgrade::to_json(std::slice::from_ref(&installed)),
+        &format!(
+            "{} written: {} ({} MiB, sha256 {}{}) in {:.1} s{}",
+            installed.target,
+            installed.image.display(),
+            installed.bytes >> 20,
+            installed.sha256,
+            installed
+                .signed_by
+                .as_ref()
+                .map(|k| format!(", signature verified with {k}"))
+                .unwrap_or_default(),
+            installed.seconds,
+            if recovery {
+                String::new()
+            } else {
+                format!(
+                    "; it boots next, on trial ({} tries), with the booted slot as fallback",
+                    opts.tries.clamp(1, 9)
+                )
+            }
+        ),
+    );
+    if reboot {
+        reboot_now();
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `immuboot upgrade` and `immuboot reset`: write an image into a slot (or
+//! the recovery image) the way RAUC and Android A/B do it:
+//!
+//! 1. write the image into a temporary file beside the slot (free space
+//!    checked first; on any error the temporary file is removed);
+//! 2. verify what is on disk: read it back past the page cache, compare
+//!    digests, check the signature when a trusted key is configured, and
+//!    the digests of the kernel and initramfs inside. Until here nothing
+//!    changed: a refused image leaves the slot and the boot state as they
+//!    were;
+//! 3. mark the target slot not bootable (its old image is intact until the
+//!    rename, so this is needed only from here on);
+//! 4. rename into place (a failed rename restores the boot state), record
+//!    the digest lists, fsync the directory;
+//! 5. activate last: one atomic update of the boot state puts the slot on
+//!    trial and keeps the booted slot as the fallback.
+//!
+//! The crash-test checkpoints (`IMMUBOOT_PAUSE_AT`, see [`checkpoint`]) in
+//! order: start, write-10, write-50, write-90, written, verified, marked,
+//! renamed, synced, activating, activated.
+//!
+//! A rerun after an interruption removes the leftovers and starts again.
+
+mod slot;
+mod source;
+mod squash;
+mod verify;
+mod write;
+
+pub use slot::{check_recovery_writable, recovery, Upgrade};
+pub use source::Source;
+pub use verify::image_version;
+
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where keys that may sign images live: in the image, or on COS_OEM.
+pub const TRUSTED_KEYS: &[&str] = &["/etc/immuboot/trusted.pub", "/oem/immuboot/trusted.pub"];
+
+/// Options of one upgrade.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub source: Source,
+    pub tries: u8,
+    /// Allow an unencrypted registry.
+    pub plain_http: bool,
+    /// A minisign signature of the squashfs (default: SOURCE.minisig).
+    pub signature: Option<PathBuf>,
+    /// Key files; those that exist are trusted, and then images must be signed.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Where an OCI image is unpacked before it is squashed.
+    pub work_dir: PathBuf,
+    /// Digest the squashfs must have (default: SOURCE.sha256 if present).
+    pub expected_sha256: Option<String>,
+    /// gzip level for images squashed here (default 6).
+    pub compression_level: Option<u8>,
+}
+
+/// The outcome, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Installed {
+    pub target: String,
+    pub image: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    pub signed_by: Option<String>,
+    pub seconds: f64,
+}
+
+/// Pauses at a named point of the upgrade when `IMMUBOOT_PAUSE_AT` names
+/// it, so a test can cut the power there (the crash-safety scenarios).
+pub fn checkpoint(name: &str) {
+    if std::env::var("IMMUBOOT_PAUSE_AT").is_ok_and(|v| v == name) {
+        eprintln!("immuboot: paused at checkpoint {name}");
+        let _ = std::io::stderr().flush();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// JSON for the report.
+pub fn to_json(items: &[Installed]) -> serde_json::Value {
+    json!(items)
+}
