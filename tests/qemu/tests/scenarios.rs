@@ -849,17 +849,18 @@ fn other_slot(slot: &str) -> String {
 /// (`.X.img.new` beside the target slot's `X.img`) in cOS: `None` where it
 /// may or may not, depending on whether the file system committed its
 /// journal before the cut.
-/// - start, marked: no (the run removed older leftovers, durably, and has
-///   not created its temporary yet);
+/// - start: no (the run removed older leftovers, durably, and has not
+///   created its temporary yet);
 /// - write-N: maybe (created and partly written, nothing fsynced yet);
-/// - written, verified: yes (the temporary was fsynced after the copy);
+/// - written, verified, marked: yes (the temporary was fsynced after the
+///   copy; marking the target checkpoints the journal too);
 /// - renamed: maybe (renamed over the slot, directory not fsynced yet);
 /// - synced and later: no (the rename was made durable by fsyncing cOS).
 fn leftover_expected(point: &str) -> Result<Option<bool>> {
     Ok(match point {
-        "start" | "marked" => Some(false),
+        "start" => Some(false),
         "write-10" | "write-50" | "write-90" | "renamed" => None,
-        "written" | "verified" => Some(true),
+        "written" | "verified" | "marked" => Some(true),
         "synced" | "activating" | "activated" => Some(false),
         _ => bail!("no leftover expectation for the checkpoint {point}"),
     })
