@@ -229,7 +229,7 @@ pub fn run() -> ! {
     });
     let init = cfg.init.clone();
     b.step("switch root", |b| {
-        switch_root::switch_root(&b.paths.sysroot, &init).map(|never| match never {})
+        switch_root::switch_root(&b.sys, &b.paths.sysroot, &init).map(|never| match never {})
     })
 }
 
@@ -273,7 +273,7 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
     });
     let init = cfg.init.clone();
     b.step("switch root", |b| {
-        switch_root::switch_root(&b.paths.sysroot, &init).map(|never| match never {})
+        switch_root::switch_root(&b.sys, &b.paths.sysroot, &init).map(|never| match never {})
     })
 }
 

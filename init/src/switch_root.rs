@@ -3,6 +3,7 @@
 //! and exec its init.
 
 use anyhow::{bail, Context, Result};
+use immuboot_mount::syscall::Syscall;
 use rustix::fs::{statfs, Dev};
 use std::convert::Infallible;
 use std::os::unix::fs::MetadataExt;
@@ -12,16 +13,28 @@ use std::path::Path;
 const RAMFS_MAGIC: i64 = 0x858458f6;
 const TMPFS_MAGIC: i64 = 0x01021994;
 
-pub fn switch_root(new_root: &Path, init: &str) -> Result<Infallible> {
+/// The API file systems the new root takes over from the initramfs.
+const API_FILESYSTEMS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+
+/// Checks that the new root has `init` and moves the API file systems into
+/// it; the part of the switch that comes back on failure.
+pub fn prepare(sys: &dyn Syscall, new_root: &Path, init: &str) -> Result<()> {
     let target_init = new_root.join(init.trim_start_matches('/'));
-    if target_init.symlink_metadata().is_err() {
+    if !sys.exists(&target_init) {
         bail!("{init} does not exist in the new root (is this an OS image with systemd?)");
     }
-    for api in ["/dev", "/proc", "/sys", "/run"] {
+    for api in API_FILESYSTEMS {
         let to = new_root.join(api.trim_start_matches('/'));
-        rustix::mount::mount_move(api, &to)
+        sys.move_mount(Path::new(api), &to)
             .with_context(|| format!("cannot move {api} to {}", to.display()))?;
     }
+    Ok(())
+}
+
+/// [`prepare`], then frees the initramfs, makes the new root `/` and execs
+/// its init. Returns only on failure.
+pub fn switch_root(sys: &dyn Syscall, new_root: &Path, init: &str) -> Result<Infallible> {
+    prepare(sys, new_root, init)?;
     rustix::process::chdir(new_root)
         .with_context(|| format!("cannot chdir to {}", new_root.display()))?;
 
@@ -64,5 +77,55 @@ fn remove_tree(dir: &Path, root_dev: Dev, keep: &Path) {
         } else {
             let _ = std::fs::remove_file(&path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use immuboot_mount::syscall::{Call, RecordingSyscall};
+
+    #[test]
+    fn moves_the_api_file_systems_into_the_new_root() {
+        let sys = RecordingSyscall::default();
+        sys.existing.borrow_mut().push("/sysroot/sbin/init".into());
+        prepare(&sys, Path::new("/sysroot"), "/sbin/init").unwrap();
+        let moved: Vec<(String, String)> = sys
+            .recorded()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::MoveMount { from, to } => {
+                    Some((from.display().to_string(), to.display().to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            moved,
+            [
+                ("/dev", "/sysroot/dev"),
+                ("/proc", "/sysroot/proc"),
+                ("/sys", "/sysroot/sys"),
+                ("/run", "/sysroot/run")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn a_root_without_init_or_a_failed_move_is_an_error_naming_it() {
+        let sys = RecordingSyscall::default();
+        let e = prepare(&sys, Path::new("/sysroot"), "/sbin/init").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/sbin/init does not exist"),
+            "{e:#}"
+        );
+        let sys = RecordingSyscall::failing_call(2, 22); // EINVAL moving /proc
+        sys.existing.borrow_mut().push("/sysroot/sbin/init".into());
+        let e = prepare(&sys, Path::new("/sysroot"), "/sbin/init").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cannot move /proc to /sysroot/proc"),
+            "{e:#}"
+        );
     }
 }

@@ -32,6 +32,9 @@ pub trait Syscall {
     fn attach_loop(&self, image: &Path) -> io::Result<PathBuf>;
     /// Writes a whole file (boot facts, fstab in the new root).
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()>;
+    /// Moves a mount to another place (switch_root moves /dev, /proc, /sys
+    /// and /run into the new root).
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
 }
 
 /// The real thing, via rustix.
@@ -109,6 +112,11 @@ impl Syscall for LinuxSyscall {
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
         std::fs::write(path, contents)
     }
+
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        rustix::mount::mount_move(from, to)?;
+        Ok(())
+    }
 }
 
 /// One recorded call.
@@ -145,6 +153,10 @@ pub enum Call {
     WriteFile {
         path: PathBuf,
         contents: Vec<u8>,
+    },
+    MoveMount {
+        from: PathBuf,
+        to: PathBuf,
     },
 }
 
@@ -298,6 +310,14 @@ impl Syscall for RecordingSyscall {
         self.calls.borrow_mut().push(Call::WriteFile {
             path: path.into(),
             contents: contents.to_vec(),
+        });
+        Ok(())
+    }
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(to)?;
+        self.calls.borrow_mut().push(Call::MoveMount {
+            from: from.into(),
+            to: to.into(),
         });
         Ok(())
     }

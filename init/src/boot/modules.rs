@@ -74,6 +74,9 @@ impl Syscall for InitSyscall {
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
         self.linux.write_file(path, contents)
     }
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.linux.move_mount(from, to)
+    }
 }
 
 /// Starts loading the initramfs' module list (plus `immuboot.modules=`) in
