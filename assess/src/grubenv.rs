@@ -1,21 +1,43 @@
-//! GRUB environment block: the 1024-byte file that GRUB's `load_env`/`save_env`
-//! and `grub-editenv` read and write.
+//! GRUB environment block: the file that GRUB's `load_env`/`save_env` and
+//! `grub-editenv` read and write (1024 bytes when `grub-editenv create` makes
+//! it, but any size is read, and both tools rewrite it keeping its size).
 //!
 //! Layout: the header line `# GRUB Environment Block`, then `name=value` lines,
-//! padded with `#` to exactly [`BLOCK_SIZE`] bytes. GRUB escapes `\` and newline
-//! in values with a backslash; we do the same so stock tools read our files.
+//! padded with `#` to the block's size. GRUB escapes `\` and newline in values
+//! with a backslash; we do the same so stock tools read our files.
+//!
+//! Names and values are bytes: GRUB and `grub-editenv` store any bytes, and a
+//! variable that is not ours is kept byte for byte across our writes. Only our
+//! own variables need to be text; [`get`](GrubEnv::get) returns `None` for a
+//! value that is not valid UTF-8 ([`get_bytes`](GrubEnv::get_bytes) has it).
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The size of a new block (what `grub-editenv create` makes).
 pub const BLOCK_SIZE: usize = 1024;
+/// A block is a whole number of these. GRUB itself reads any size; we
+/// require whole sectors so a truncated copy is detected as torn (and the
+/// other copy used) instead of being read as a valid, shorter block.
+pub const SECTOR_SIZE: usize = 512;
 pub const HEADER: &str = "# GRUB Environment Block\n";
 
-/// Variables of one environment block, in a stable (sorted) order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Variables of one environment block, in a stable (sorted) order, and the
+/// size the block is written with.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrubEnv {
-    vars: BTreeMap<String, String>,
+    vars: BTreeMap<Vec<u8>, Vec<u8>>,
+    size: usize,
+}
+
+impl Default for GrubEnv {
+    fn default() -> Self {
+        Self {
+            vars: BTreeMap::new(),
+            size: BLOCK_SIZE,
+        }
+    }
 }
 
 impl GrubEnv {
@@ -23,8 +45,15 @@ impl GrubEnv {
         Self::default()
     }
 
+    /// The value of `name`, if set and valid UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
+        self.get_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of `name` as GRUB stores it (unescaped), whatever its bytes.
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.vars.get(name.as_bytes()).map(Vec::as_slice)
     }
 
     /// Like [`get`](Self::get), but an empty value counts as unset (GRUB scripts
@@ -34,64 +63,89 @@ impl GrubEnv {
     }
 
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        self.set_bytes(name, value.as_bytes())
+    }
+
+    /// Sets `name` to any bytes (escaped on writing, as GRUB does).
+    pub fn set_bytes(&mut self, name: &str, value: &[u8]) -> Result<()> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             bail!("invalid GRUB environment variable name {name:?} (use letters, digits and _)");
         }
-        self.vars.insert(name.to_string(), value.to_string());
+        self.vars.insert(name.as_bytes().to_vec(), value.to_vec());
         Ok(())
     }
 
     pub fn unset(&mut self, name: &str) {
-        self.vars.remove(name);
+        self.vars.remove(name.as_bytes());
     }
 
+    /// The variables whose name and value are valid UTF-8 (see
+    /// [`iter_bytes`](Self::iter_bytes) for all of them).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.iter_bytes()
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?)))
     }
 
-    /// Parses a block. Lines that are not `name=value` are ignored, as GRUB does.
+    /// All variables, as bytes.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.vars.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// The size in bytes this environment is written with: the size of the
+    /// block it was parsed from, [`BLOCK_SIZE`] for a new one.
+    pub fn block_size(&self) -> usize {
+        self.size
+    }
+
+    /// Parses a block of any positive multiple of [`SECTOR_SIZE`] bytes.
+    /// Lines that are not `name=value` are ignored, as GRUB does. Any bytes
+    /// are accepted in names and values.
     pub fn parse(block: &[u8]) -> Result<Self> {
-        if !block.starts_with(HEADER.as_bytes()) {
+        let Some(body) = block.strip_prefix(HEADER.as_bytes()) else {
             bail!("not a GRUB environment block: the header line '# GRUB Environment Block' is missing");
-        }
-        if block.len() != BLOCK_SIZE {
+        };
+        if !block.len().is_multiple_of(SECTOR_SIZE) {
             bail!(
-                "GRUB environment block is {} bytes, expected {BLOCK_SIZE} (truncated or padded?)",
+                "GRUB environment block is {} bytes, not a multiple of {SECTOR_SIZE} \
+                 (expected {BLOCK_SIZE} or another multiple; truncated or padded?)",
                 block.len()
             );
         }
-        let text = std::str::from_utf8(&block[HEADER.len()..])
-            .context("GRUB environment block is not valid UTF-8")?;
-        let mut env = GrubEnv::new();
-        let mut chars = text.chars().peekable();
+        let mut env = GrubEnv {
+            vars: BTreeMap::new(),
+            size: block.len(),
+        };
+        let mut bytes = body.iter().copied();
         loop {
-            // One logical line: escaped characters do not end it.
-            let mut line = String::new();
+            // One logical line: escaped bytes do not end it.
+            let mut line = Vec::new();
             let mut ended = false;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
+            while let Some(b) = bytes.next() {
+                match b {
+                    b'\\' => match bytes.next() {
                         Some(escaped) => {
-                            line.push('\\');
+                            line.push(b'\\');
                             line.push(escaped);
                         }
                         None => break,
                     },
-                    '\n' => {
+                    b'\n' => {
                         ended = true;
                         break;
                     }
-                    c => line.push(c),
+                    b => line.push(b),
                 }
             }
             if !ended && line.is_empty() {
                 break;
             }
-            if line.starts_with('#') {
+            if line.first() == Some(&b'#') {
                 continue;
             }
-            if let Some((name, raw)) = line.split_once('=') {
-                env.vars.insert(name.to_string(), unescape(raw));
+            if let Some(eq) = line.iter().position(|b| *b == b'=') {
+                let name = line.get(..eq).unwrap_or_default();
+                let raw = line.get(eq + 1..).unwrap_or_default();
+                env.vars.insert(name.to_vec(), unescape(raw));
             }
             if !ended {
                 break;
@@ -100,42 +154,45 @@ impl GrubEnv {
         Ok(env)
     }
 
-    /// Serialises to exactly [`BLOCK_SIZE`] bytes.
+    /// Serialises to exactly [`block_size`](Self::block_size) bytes.
     pub fn to_block(&self) -> Result<Vec<u8>> {
-        let mut out = String::from(HEADER);
+        let mut out = HEADER.as_bytes().to_vec();
         for (name, value) in &self.vars {
-            out.push_str(name);
-            out.push('=');
-            for c in value.chars() {
-                if c == '\\' || c == '\n' {
-                    out.push('\\');
+            out.extend_from_slice(name);
+            out.push(b'=');
+            for &b in value {
+                if b == b'\\' || b == b'\n' {
+                    out.push(b'\\');
                 }
-                out.push(c);
+                out.push(b);
             }
-            out.push('\n');
+            out.push(b'\n');
         }
-        if out.len() > BLOCK_SIZE {
+        if out.len() > self.size {
             bail!(
-                "GRUB environment variables need {} bytes, more than the {BLOCK_SIZE}-byte block",
-                out.len()
+                "GRUB environment variables need {} bytes, more than the {}-byte block \
+                 (the block keeps its size: unset or shorten variables, or recreate the \
+                 block larger with a multiple of {SECTOR_SIZE} bytes)",
+                out.len(),
+                self.size
             );
         }
-        let mut block = out.into_bytes();
-        block.resize(BLOCK_SIZE, b'#');
-        Ok(block)
+        out.resize(self.size, b'#');
+        Ok(out)
     }
 }
 
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
+/// Removes GRUB's escaping: a backslash takes the next byte literally.
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b == b'\\' {
+            if let Some(next) = bytes.next() {
                 out.push(next);
             }
         } else {
-            out.push(c);
+            out.push(b);
         }
     }
     out
@@ -156,8 +213,28 @@ pub fn write_atomic(path: &Path, env: &GrubEnv) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::Command;
+
+    /// `grub-editenv PATH ARGS...` (arguments as raw bytes); its stdout.
+    /// grub-editenv is a declared host dependency (package grub-common).
+    pub(crate) fn editenv(path: &Path, args: &[&[u8]]) -> Vec<u8> {
+        let out = Command::new("grub-editenv")
+            .arg(path)
+            .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run grub-editenv ({e}): install grub-common"));
+        assert!(
+            out.status.success(),
+            "grub-editenv {} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
 
     /// Written by `grub-editenv grubenv create; grub-editenv grubenv set
     /// next_entry=passive 'weird=a\b'` (GRUB 2.06), trailing padding elided.
@@ -198,7 +275,7 @@ mod tests {
     fn rejects_garbage_and_wrong_size() {
         assert!(GrubEnv::parse(&[0u8; BLOCK_SIZE]).is_err());
         let err = GrubEnv::parse(HEADER.as_bytes()).unwrap_err().to_string();
-        assert!(err.contains("expected 1024"), "{err}");
+        assert!(err.contains("not a multiple of 512"), "{err}");
     }
 
     #[test]
@@ -239,5 +316,109 @@ mod tests {
             dir.display()
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// GRUB reads any size; we accept positive multiples of 512 (a torn or
+    /// truncated copy is detected and the other copy used).
+    #[test]
+    fn accepts_multiples_of_512_and_rejects_other_sizes() {
+        let block = |len: usize| {
+            let mut b = b"# GRUB Environment Block\nnext_entry=passive\n".to_vec();
+            b.resize(len, b'#');
+            b
+        };
+        let env = GrubEnv::parse(&block(1536)).unwrap();
+        assert_eq!(env.get("next_entry"), Some("passive"));
+        let env = GrubEnv::parse(&block(4096)).unwrap();
+        assert_eq!(env.get("next_entry"), Some("passive"));
+        let err = format!("{:#}", GrubEnv::parse(&block(1023)).unwrap_err());
+        assert!(
+            err.contains("1023 bytes") && err.contains("multiple of 512"),
+            "{err}"
+        );
+        assert!(GrubEnv::parse(&block(512)).is_ok());
+        assert!(GrubEnv::parse(&[]).is_err());
+    }
+
+    /// A block `grub-editenv` wrote with a non-UTF-8 byte in a foreign
+    /// variable: ours read fine, the foreign one survives byte for byte.
+    #[test]
+    fn non_utf8_foreign_variable_is_kept_byte_for_byte() {
+        let dir =
+            std::env::temp_dir().join(format!("immuboot-grubenv-nonutf8-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("grubenv");
+        editenv(&path, &[b"create"]);
+        editenv(
+            &path,
+            &[
+                b"set",
+                b"next_entry=passive",
+                b"vendor_note=caf\xe9",
+                b"bs=a\\\xff\nb",
+            ],
+        );
+        let before = editenv(&path, &[b"list"]);
+        let env = read(&path).unwrap();
+        assert_eq!(env.get("next_entry"), Some("passive"));
+        write_atomic(&path, &env).unwrap();
+        // grub-editenv lists in file order, we write in name order: the
+        // same entries, byte for byte.
+        let after = editenv(&path, &[b"list"]);
+        assert_eq!(after.len(), before.len());
+        let entries: [&[u8]; 3] = [
+            b"next_entry=passive\n",
+            b"vendor_note=caf\xe9\n",
+            b"bs=a\\\xff\nb\n",
+        ];
+        for entry in entries {
+            for list in [&before, &after] {
+                assert!(
+                    list.windows(entry.len()).any(|w| w == entry),
+                    "{:?} not in {:?}",
+                    String::from_utf8_lossy(entry),
+                    String::from_utf8_lossy(list)
+                );
+            }
+        }
+        let back = read(&path).unwrap();
+        assert_eq!(back.get_bytes("vendor_note"), Some(&b"caf\xe9"[..]));
+        assert_eq!(back.get_bytes("bs"), Some(&b"a\\\xff\nb"[..]));
+        assert_eq!((back.get("vendor_note"), back.get("bs")), (None, None));
+        assert_eq!(back, env);
+        assert_eq!(std::fs::read(&path).unwrap().len(), BLOCK_SIZE);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// GRUB's escaping round-trips every byte, and `grub-editenv` reads it.
+    #[test]
+    fn every_byte_round_trips() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let mut env = GrubEnv::new();
+        env.set_bytes("all", &all).unwrap();
+        env.set_bytes("tail", b"ends with a backslash\\").unwrap();
+        let block = env.to_block().unwrap();
+        assert_eq!(block.len(), BLOCK_SIZE);
+        let back = GrubEnv::parse(&block).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.get_bytes("all"), Some(&all[..]));
+        assert_eq!(back.iter().count(), 1, "only `tail` is text");
+        assert_eq!(back.iter_bytes().count(), 2);
+    }
+
+    /// A parsed block is written back at its own size; overflowing it says so.
+    #[test]
+    fn keeps_the_block_size_and_explains_overflow() {
+        let mut block = HEADER.as_bytes().to_vec();
+        block.resize(4096, b'#');
+        let mut env = GrubEnv::parse(&block).unwrap();
+        assert_eq!(env.block_size(), 4096);
+        env.set("big", &"x".repeat(3000)).unwrap();
+        assert_eq!(env.to_block().unwrap().len(), 4096);
+        env.set("big", &"x".repeat(4096)).unwrap();
+        let err = env.to_block().unwrap_err().to_string();
+        assert!(err.contains("more than the 4096-byte block"), "{err}");
+        assert_eq!(GrubEnv::new().block_size(), BLOCK_SIZE);
     }
 }

@@ -201,23 +201,39 @@ impl BootState {
     pub fn from_env(env: &GrubEnv) -> (BootState, Vec<String>) {
         let mut warnings = Vec::new();
         let mut state = BootState::default();
-        if let Some(v) = env.get_nonempty(vars::ACTIVE_SLOT) {
+        // Our variables are text: one that is not valid UTF-8 (GRUB stores
+        // any bytes) is an invalid value like any other, read as unset.
+        let mut ours = |name: &str| -> Option<String> {
+            match env.get_bytes(name) {
+                Some(v) if std::str::from_utf8(v).is_err() => {
+                    warnings.push(format!(
+                        "{name}: {:?} is not valid UTF-8; using the default",
+                        String::from_utf8_lossy(v)
+                    ));
+                    None
+                }
+                _ => env.get_nonempty(name).map(str::to_string),
+            }
+        };
+        let active = ours(vars::ACTIVE_SLOT);
+        let next = ours(vars::NEXT_ENTRY);
+        let health_vars =
+            [Slot::A, Slot::B].map(|slot| (ours(vars::state(slot)), ours(vars::tries(slot))));
+        let last_failure = ours(vars::LAST_FAILURE);
+        if let Some(v) = active {
             match v.parse() {
                 Ok(slot) => state.active_slot = slot,
                 Err(e) => warnings.push(format!("{}: {e:#}; using slot a", vars::ACTIVE_SLOT)),
             }
         }
-        if let Some(v) = env.get_nonempty(vars::NEXT_ENTRY) {
+        if let Some(v) = next {
             match v.parse() {
                 Ok(mode) => state.next_entry = Some(mode),
                 Err(e) => warnings.push(format!("{}: {e:#}; ignored", vars::NEXT_ENTRY)),
             }
         }
-        for slot in [Slot::A, Slot::B] {
-            let health = match (
-                env.get_nonempty(vars::state(slot)),
-                env.get_nonempty(vars::tries(slot)),
-            ) {
+        for (slot, (st, tries)) in [Slot::A, Slot::B].into_iter().zip(health_vars) {
+            let health = match (st.as_deref(), tries.as_deref()) {
                 (None | Some("good"), _) => Health::Good,
                 (Some("bad"), _) => Health::Bad,
                 (Some("trial"), Some(t)) if t.len() == 1 && t.as_bytes()[0].is_ascii_digit() => {
@@ -243,7 +259,7 @@ impl BootState {
             };
             *state.health_mut(slot) = health;
         }
-        state.last_failure = env.get_nonempty(vars::LAST_FAILURE).map(str::to_string);
+        state.last_failure = last_failure;
         (state, warnings)
     }
 
@@ -621,6 +637,26 @@ mod tests {
         let (back, w) = BootState::from_env(&GrubEnv::parse(&e.to_block().unwrap()).unwrap());
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn non_utf8_state_values_warn_and_fall_back() {
+        let mut e = env(&[("immuboot_b_state", "trial"), ("other", "1")]);
+        e.set_bytes("immuboot_active_slot", b"b\xe9").unwrap();
+        e.set_bytes("immuboot_b_tries", b"\xff").unwrap();
+        e.set_bytes("immuboot_last_failure", b"caf\xe9").unwrap();
+        let (s, w) = BootState::from_env(&e);
+        assert_eq!(s.active_slot, Slot::A);
+        assert_eq!(s.b, Health::Trial { tries: 0 });
+        assert_eq!(s.last_failure, None);
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w
+            .iter()
+            .any(|w| w.contains("immuboot_active_slot") && w.contains("UTF-8")));
+        // Storing the state replaces the invalid values of ours.
+        s.store(&mut e).unwrap();
+        let (_, w) = BootState::from_env(&e);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

@@ -171,4 +171,89 @@ mod tests {
         assert!(l.backup_stale && l.needs_repair());
         std::fs::remove_dir_all(&d).unwrap();
     }
+
+    /// (a) `grub-editenv grubenv set immuboot_b_tries=1 vendor_note=caf\xe9`:
+    /// GRUB's counted try is read from the primary, and our save keeps the
+    /// foreign variable byte for byte.
+    #[test]
+    fn a_non_utf8_foreign_variable_keeps_the_primary() {
+        let d = dir("nonutf8");
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        grubenv::tests::editenv(
+            &primary(&d),
+            &[b"set", b"immuboot_b_tries=1", b"vendor_note=caf\xe9"],
+        );
+        let l = load(&d);
+        assert_eq!(
+            (l.state.b, l.source.clone()),
+            (Health::Trial { tries: 1 }, Source::Primary)
+        );
+        save(&d, &l.env, &l.state).unwrap();
+        for copy in [primary(&d), backup(&d)] {
+            let list = grubenv::tests::editenv(&copy, &[b"list"]);
+            assert!(
+                list.windows(17).any(|w| w == b"vendor_note=caf\xe9\n"),
+                "{}: {}",
+                copy.display(),
+                String::from_utf8_lossy(&list)
+            );
+            assert!(list.windows(19).any(|w| w == b"immuboot_b_tries=1\n"));
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// (b) The same byte in both copies: still the primary and the real state.
+    #[test]
+    fn a_non_utf8_byte_in_both_copies_is_not_a_reset() {
+        let d = dir("nonutf8both");
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 3);
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        for copy in [backup(&d), primary(&d)] {
+            grubenv::tests::editenv(&copy, &[b"set", b"vendor_note=caf\xe9"]);
+        }
+        let l = load(&d);
+        assert_eq!(l.source, Source::Primary);
+        assert_eq!(
+            (l.state.active_slot, l.state.b),
+            (Slot::B, Health::Trial { tries: 3 })
+        );
+        assert!(!l.needs_repair());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// (c) A 4096-byte block (grub-editenv keeps a pre-sized file's size)
+    /// loads, and our save keeps it 4096 bytes and readable by grub-editenv.
+    #[test]
+    fn a_4096_byte_block_loads_and_keeps_its_size() {
+        let d = dir("4k");
+        let p = primary(&d);
+        grubenv::tests::editenv(&p, &[b"create"]);
+        let mut block = std::fs::read(&p).unwrap();
+        block.resize(4096, b'#');
+        std::fs::write(&p, &block).unwrap();
+        grubenv::tests::editenv(&p, &[b"set", b"immuboot_active_slot=b", b"vendor=x"]);
+        std::fs::copy(&p, backup(&d)).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 4096);
+        let mut l = load(&d);
+        assert_eq!(
+            (l.source.clone(), l.state.active_slot),
+            (Source::Primary, Slot::B)
+        );
+        l.state.activate_on_trial(Slot::A, 2);
+        save(&d, &l.env, &l.state).unwrap();
+        for copy in [primary(&d), backup(&d)] {
+            assert_eq!(std::fs::metadata(&copy).unwrap().len(), 4096);
+            let list = String::from_utf8(grubenv::tests::editenv(&copy, &[b"list"])).unwrap();
+            assert!(
+                list.contains("immuboot_active_slot=a\n")
+                    && list.contains("immuboot_a_tries=2\n")
+                    && list.contains("vendor=x\n"),
+                "{list}"
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
