@@ -177,7 +177,7 @@ pub fn check_loaded(state_dir: &Path, loaded: &store::Loaded) -> Result<()> {
                 state_dir.display()
             );
         }
-        eprintln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
+        errln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
     }
     Ok(())
 }

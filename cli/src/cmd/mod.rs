@@ -27,12 +27,12 @@ pub fn update(
     change: impl FnOnce(&mut BootState) -> Result<String>,
 ) -> Result<()> {
     let message = transaction(state_dir, || {}, |loaded| change(&mut loaded.state))?;
-    println!("{message}");
+    outln!("{message}");
     Ok(())
 }
 
 pub fn reboot_now() {
-    eprintln!("immuboot: rebooting");
+    errln!("immuboot: rebooting");
     let _ = std::process::Command::new("systemctl")
         .arg("reboot")
         .status();
