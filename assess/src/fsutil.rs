@@ -35,7 +35,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         })?;
     drop(file);
     std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        .inspect_err(|_| {
+            // E.g. an immutable target: the temporary must not stay behind.
+            let _ = std::fs::remove_file(&tmp);
+        })?;
     fsync_dir(dir)
 }
 
@@ -54,6 +58,23 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"two");
         assert!(!temporary(&f).exists());
         assert_eq!(temporary(&f), dir.join(".x.sha256.new"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("immuboot-fsutil-rn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The target is a non-empty directory: the rename fails.
+        let f = dir.join("grubenv");
+        std::fs::create_dir_all(f.join("inside")).unwrap();
+        let e = write_atomic(&f, b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("cannot rename"), "{e:#}");
+        assert!(
+            !temporary(&f).exists(),
+            "{} left behind",
+            temporary(&f).display()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

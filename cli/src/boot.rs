@@ -160,6 +160,13 @@ impl Boot {
 /// Unreadable copies start from the defaults, with a warning.
 pub fn load_state(state_dir: &Path) -> Result<store::Loaded> {
     let loaded = store::load(state_dir);
+    check_loaded(state_dir, &loaded)?;
+    Ok(loaded)
+}
+
+/// What [`load_state`] refuses or warns about, for a state loaded by
+/// [`transaction`].
+pub fn check_loaded(state_dir: &Path, loaded: &store::Loaded) -> Result<()> {
     if let store::Source::Defaults { error } = &loaded.source {
         if !store::primary(state_dir)
             .parent()
@@ -170,7 +177,27 @@ pub fn load_state(state_dir: &Path) -> Result<store::Loaded> {
                 state_dir.display()
             );
         }
-        eprintln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
+        errln!("immuboot: warning: boot state unreadable ({error}); starting from defaults");
     }
-    Ok(loaded)
+    Ok(())
+}
+
+/// One read-modify-write of the boot state under `state_dir`, under the
+/// state lock from the read to the write ([`immuboot_mount::state::transaction`]),
+/// with [`load_state`]'s checks. `between` as for the commit.
+pub fn transaction<T>(
+    state_dir: &Path,
+    between: impl FnOnce(),
+    change: impl FnOnce(&mut store::Loaded) -> Result<T>,
+) -> Result<T> {
+    if !state_dir.is_dir() {
+        bail!(
+            "no boot state directory under {} (is COS_STATE mounted there?)",
+            state_dir.display()
+        );
+    }
+    immuboot_mount::state::transaction_with(&LinuxSyscall, state_dir, between, |loaded| {
+        check_loaded(state_dir, loaded)?;
+        change(loaded)
+    })
 }

@@ -1,6 +1,8 @@
 //! `immuboot`: the companion tool of an immuboot system.
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod out;
 mod boot;
 mod cmd;
 mod progress;
@@ -167,7 +169,7 @@ impl WriteOptions {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("immuboot: error: {e:#}");
+        errln!("immuboot: error: {e:#}");
         std::process::exit(1);
     }
 }

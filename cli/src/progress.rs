@@ -1,5 +1,9 @@
 //! What the upgrade tells its user: a progress bar with throughput on a
 //! terminal (indicatif), plain lines otherwise, JSON lines with `--json`.
+//! Nothing here fails on a closed output: the lines go through `outln!`/
+//! `errln!`, and indicatif drops its draw errors in the calls used here
+//! (`set_position`, `set_message`, `finish`; not `set_tab_width`, which
+//! unwraps one).
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -46,8 +50,8 @@ impl Reporter {
     /// A named step of the upgrade.
     pub fn step(&mut self, msg: &str) {
         match self.style {
-            Style::Json => println!("{}", json!({"event": "step", "message": msg})),
-            _ => eprintln!("immuboot: {msg}"),
+            Style::Json => outln!("{}", json!({"event": "step", "message": msg})),
+            _ => errln!("immuboot: {msg}"),
         }
     }
 
@@ -108,12 +112,12 @@ impl Reporter {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let mbps = done as f64 / secs / (1 << 20) as f64;
         match self.style {
-            Style::Json => println!(
+            Style::Json => outln!(
                 "{}",
                 json!({"event": "progress", "task": self.task, "bytes": done, "total": self.total, "mib_per_s": (mbps * 10.0).round() / 10.0})
             ),
             _ => match self.total {
-                Some(t) => eprintln!(
+                Some(t) => errln!(
                     "immuboot: {}: {} of {} MiB ({:.0}%), {:.1} MiB/s",
                     self.task,
                     done >> 20,
@@ -121,7 +125,7 @@ impl Reporter {
                     done as f64 * 100.0 / t.max(1) as f64,
                     mbps
                 ),
-                None => eprintln!(
+                None => errln!(
                     "immuboot: {}: {} MiB, {:.1} MiB/s",
                     self.task,
                     done >> 20,
@@ -134,8 +138,8 @@ impl Reporter {
     /// The final result, once.
     pub fn result(&mut self, value: serde_json::Value, human: &str) {
         match self.style {
-            Style::Json => println!("{}", json!({"event": "done", "result": value})),
-            _ => println!("{human}"),
+            Style::Json => outln!("{}", json!({"event": "done", "result": value})),
+            _ => outln!("{human}"),
         }
     }
 }

@@ -499,3 +499,114 @@ fn a_reset_from_a_refused_source_changes_nothing() {
         assert!(*was == is, "{} changed", path.display());
     }
 }
+
+/// Runs immuboot with stdout and stderr on pipes whose readers are gone
+/// (`immuboot upgrade --json SRC | head -1`, a closed terminal): every write
+/// fails with EPIPE.
+fn run_with_closed_output(sb: &Sandbox, args: &[&str]) -> std::process::ExitStatus {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_immuboot"))
+        .arg("--facts-dir")
+        .arg(sb.dir.join("facts"))
+        .arg("--state-dir")
+        .arg(state_dir(sb))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The readers go before the tool has written anything.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    child.wait().unwrap()
+}
+
+fn temporaries(sb: &Sandbox) -> Vec<String> {
+    std::fs::read_dir(state_dir(sb).join("cOS"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn closed_output_does_not_stop_an_upgrade() {
+    let sb = Sandbox::new("up-closed", Some("a"));
+    installed(&sb);
+    let img = squashfs(&sb.dir, "3");
+    for json in [true, false] {
+        let mut args = vec!["upgrade", img.to_str().unwrap(), "--tries", "2"];
+        if json {
+            args.push("--json");
+        }
+        // Booted a: slot b is written; the second round (booted b) writes a.
+        let st = run_with_closed_output(&sb, &args);
+        assert_eq!(st.code(), Some(0), "json {json}: {st}");
+        let target = if json { "b" } else { "a" };
+        let status = status(&sb);
+        assert!(
+            status.contains(&format!("active slot:  {target}"))
+                && status.contains(&format!("slot {target}:       on trial, 2 tries left")),
+            "json {json}: {status}"
+        );
+        assert_eq!(
+            sha256(&state_dir(&sb).join(format!("cOS/{target}.img"))),
+            sha256(&img)
+        );
+        assert!(temporaries(&sb).is_empty(), "{:?}", temporaries(&sb));
+        if json {
+            // Booted b, which works: the next upgrade writes a.
+            sb.write_facts(&Sandbox::facts(Some("b")));
+            sb.ok(&["mark-good"]);
+        }
+    }
+}
+
+#[test]
+fn closed_output_does_not_skip_the_restore_of_a_failed_upgrade() {
+    let sb = Sandbox::new("up-closed-fail", Some("a"));
+    installed(&sb);
+    let before = status(&sb);
+    let root = sb.dir.join("nokernel");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let img = sb.dir.join("nokernel.img");
+    assert!(Command::new("mksquashfs")
+        .arg(&root)
+        .arg(&img)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap()
+        .success());
+    for json in [true, false] {
+        let mut args = vec!["upgrade", img.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let st = run_with_closed_output(&sb, &args);
+        // Refused (exit 1), not killed or aborted by the closed output.
+        assert_eq!(st.code(), Some(1), "json {json}: {st}");
+        assert_eq!(status(&sb), before);
+        assert_eq!(
+            std::fs::read_to_string(state_dir(&sb).join("cOS/b.img")).unwrap(),
+            "old b"
+        );
+        assert!(temporaries(&sb).is_empty(), "{:?}", temporaries(&sb));
+    }
+}
+
+#[test]
+fn status_with_a_closed_output_exits_cleanly() {
+    let sb = Sandbox::new("status-closed", Some("a"));
+    installed(&sb);
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["next-boot", "recovery"],
+    ] {
+        let st = run_with_closed_output(&sb, args);
+        assert_eq!(st.code(), Some(0), "{args:?}: {st}");
+    }
+    assert!(status(&sb).contains("recovery"), "{}", status(&sb));
+}

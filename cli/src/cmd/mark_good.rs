@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, checks: &[PathBuf], reboot_on_failure: bool) -> Result<()>
             Ok(format!("slot {slot} marked bad: {failure}"))
         })?;
         if reboot_on_failure {
-            eprintln!("immuboot: rebooting so the boot loader falls back");
+            errln!("immuboot: rebooting so the boot loader falls back");
             let _ = std::process::Command::new("systemctl")
                 .arg("reboot")
                 .status();
@@ -49,7 +49,7 @@ fn run_checks(dirs: &[PathBuf]) -> std::result::Result<(), String> {
         files.sort();
         for f in files {
             match std::process::Command::new(&f).status() {
-                Ok(st) if st.success() => println!("health check {}: ok", f.display()),
+                Ok(st) if st.success() => outln!("health check {}: ok", f.display()),
                 Ok(st) => return Err(format!("health check {} failed ({st})", f.display())),
                 Err(e) => return Err(format!("health check {} could not run: {e}", f.display())),
             }

@@ -7,10 +7,9 @@ pub mod state_cmds;
 pub mod status;
 pub mod upgrade;
 
-use crate::boot::{load_state, Boot};
+use crate::boot::{transaction, Boot};
 use anyhow::Result;
 use immuboot_assess::BootState;
-use immuboot_mount::syscall::LinuxSyscall;
 use std::path::{Path, PathBuf};
 
 /// What every command works on.
@@ -21,21 +20,19 @@ pub struct Ctx {
 }
 
 /// Changes the boot state: both copies rewritten atomically, COS_STATE
-/// writable for the time of it; prints `change`'s message.
+/// writable for the time of it, under the state lock from the read to the
+/// write; prints `change`'s message.
 pub fn update(
     state_dir: &Path,
     change: impl FnOnce(&mut BootState) -> Result<String>,
 ) -> Result<()> {
-    let loaded = load_state(state_dir)?;
-    let mut state = loaded.state.clone();
-    let message = change(&mut state)?;
-    immuboot_mount::state::update(&LinuxSyscall, state_dir, &loaded.env, &state)?;
-    println!("{message}");
+    let message = transaction(state_dir, || {}, |loaded| change(&mut loaded.state))?;
+    outln!("{message}");
     Ok(())
 }
 
 pub fn reboot_now() {
-    eprintln!("immuboot: rebooting");
+    errln!("immuboot: rebooting");
     let _ = std::process::Command::new("systemctl")
         .arg("reboot")
         .status();

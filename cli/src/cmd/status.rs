@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
         .or_else(|| mode.and_then(|m| state.fallback_reason(m, booted)));
     if json {
         if let Some(e) = ctx.boot.error() {
-            eprintln!("immuboot: warning: {e}");
+            errln!("immuboot: warning: {e}");
         }
         let out = serde_json::json!({
             "boot": facts,
@@ -52,12 +52,12 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
                 "b": upgrade::image_version(&state_dir.join(Slot::B.image_path().trim_start_matches('/'))),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     match facts {
         Some(f) => {
-            println!(
+            outln!(
                 "booted:       {} (slot {}) {}  version {}",
                 or_dash(f.mode),
                 or_dash(f.booted_slot()),
@@ -65,14 +65,14 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
                 os_release_field("IMAGE_VERSION").unwrap_or_else(|| "-".into())
             );
             if let Some(why) = &fallback {
-                println!("FALLBACK:     {why}");
+                outln!("FALLBACK:     {why}");
             }
-            println!(
+            outln!(
                 "image from:   {} {}",
                 or_dash(f.image_partition.as_ref()),
                 or_dash(f.image_device.as_ref().map(|d| d.display()))
             );
-            println!(
+            outln!(
                 "persistence:  {}",
                 if f.persistence {
                     format!(
@@ -83,29 +83,30 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
                     "NO: changes to /usr/local and persistent paths are lost at reboot".into()
                 }
             );
-            println!(
+            outln!(
                 "oem:          {}",
                 or_dash(f.oem_device.as_ref().map(|d| d.display()))
             );
-            println!(
+            outln!(
                 "layout:       {}",
                 or_dash(Some(&f.layout_source).filter(|s| !s.is_empty()))
             );
             let ms: u128 = f.steps.iter().map(|s| s.ms).sum();
-            println!(
+            outln!(
                 "init:         {} ms in the initramfs, switched root at {:.2} s",
-                ms, f.uptime_switch_s
+                ms,
+                f.uptime_switch_s
             );
             for w in &f.warnings {
-                println!("warning:      {w}");
+                outln!("warning:      {w}");
             }
         }
         None => match ctx.boot.error() {
             Some(e) => {
-                println!("booted:       unknown (the boot facts cannot be used)");
-                println!("warning:      {e}");
+                outln!("booted:       unknown (the boot facts cannot be used)");
+                outln!("warning:      {e}");
             }
-            None => println!(
+            None => outln!(
                 "booted:       unknown (no boot facts in {}: not booted by immuboot?)",
                 ctx.boot.dir().display()
             ),
@@ -114,13 +115,13 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
     match &loaded.source {
         store::Source::Primary => {}
         store::Source::Backup { primary_error } => {
-            println!("boot state:   from the backup copy ({primary_error})")
+            outln!("boot state:   from the backup copy ({primary_error})")
         }
         store::Source::Defaults { error } => {
-            println!("boot state:   unreadable, defaults shown ({error})")
+            outln!("boot state:   unreadable, defaults shown ({error})")
         }
     }
-    println!("active slot:  {}", state.active_slot);
+    outln!("active slot:  {}", state.active_slot);
     let versions: Vec<(Slot, Option<String>)> = [Slot::A, Slot::B]
         .into_iter()
         .map(|slot| {
@@ -129,13 +130,13 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
         })
         .collect();
     for (slot, version) in &versions {
-        println!(
+        outln!(
             "slot {slot}:       {}  (image version {})",
             health_text(state.health(*slot)),
             version.as_deref().unwrap_or("-")
         );
     }
-    println!(
+    outln!(
         "next boot:    {}",
         match state.next_entry {
             Some(m) => format!("{m} (one-shot)"),
@@ -143,10 +144,10 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
         }
     );
     if let Some(f) = &state.last_failure {
-        println!("last failure: {f}");
+        outln!("last failure: {f}");
     }
     for w in &loaded.warnings {
-        println!("warning:      {w}");
+        outln!("warning:      {w}");
     }
     Ok(())
 }

@@ -72,7 +72,7 @@ pub struct Installed {
 /// it, so a test can cut the power there (the crash-safety scenarios).
 pub fn checkpoint(name: &str) {
     if std::env::var("IMMUBOOT_PAUSE_AT").is_ok_and(|v| v == name) {
-        eprintln!("immuboot: paused at checkpoint {name}");
+        errln!("immuboot: paused at checkpoint {name}");
         let _ = std::io::stderr().flush();
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

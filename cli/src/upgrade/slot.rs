@@ -4,10 +4,10 @@
 use super::verify::Checks;
 use super::write::{check_space, clean_leftovers, prepare_image};
 use super::{checkpoint, Installed, Request, Source};
+use crate::boot::transaction;
 use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
 use immuboot_assess::{store, Health, Mode, Slot};
-use immuboot_mount::state::commit;
 use std::path::Path;
 
 /// Everything of an upgrade that touches the boot state, given where the
@@ -59,13 +59,17 @@ impl Upgrade<'_> {
         })?;
 
         // 3. The target may not boot while its image is replaced. The state
-        // is read again: the write took a while.
-        let loaded = self.load()?;
-        let before = loaded.state.clone();
-        let mut marked = before.clone();
-        marked.take_out_of_service(target);
-        commit(self.state_dir, &loaded.env, &marked, || {})
-            .context("cannot mark the target slot not bootable")?;
+        // is read again, under the state lock: the write took a while.
+        let before = transaction(
+            self.state_dir,
+            || {},
+            |l| {
+                let before = l.state.clone();
+                l.state.take_out_of_service(target);
+                Ok(before)
+            },
+        )
+        .context("cannot mark the target slot not bootable")?;
         checkpoint("marked");
 
         // 4. Into place, with its digest lists.
@@ -73,7 +77,19 @@ impl Upgrade<'_> {
             Ok(r) => r,
             Err(e) => {
                 // Nothing was renamed: the slot still holds its old image.
-                let restored = commit(self.state_dir, &loaded.env, &before, || {});
+                // Undo only the marking: another writer may have changed
+                // the rest meanwhile.
+                let restored = transaction(
+                    self.state_dir,
+                    || {},
+                    |l| {
+                        *l.state.health_mut(target) = before.health(target);
+                        if before.active_slot == target && l.state.active_slot == target.other() {
+                            l.state.active_slot = target;
+                        }
+                        Ok(())
+                    },
+                );
                 return Err(match restored {
                     Ok(()) => e.context(format!(
                         "upgrade of slot {target} failed; its old image and the boot state are unchanged"
@@ -89,12 +105,14 @@ impl Upgrade<'_> {
         })?;
 
         // 5. Activate last, in one atomic state update.
-        let current = self.load()?;
-        let mut state = current.state.clone();
-        state.activate_written(target, req.tries);
-        commit(self.state_dir, &current.env, &state, || {
-            checkpoint("activating")
-        })
+        transaction(
+            self.state_dir,
+            || checkpoint("activating"),
+            |l| {
+                l.state.activate_written(target, req.tries);
+                Ok(())
+            },
+        )
         .context("cannot activate the new slot")?;
         checkpoint("activated");
         installed.target = format!("slot {target}");
@@ -116,7 +134,6 @@ impl Upgrade<'_> {
         let cos = self.state_dir.join("cOS");
         clean_leftovers(&cos, rep)?;
         let checks = Checks::prepare(req)?;
-        let loaded = self.load()?;
         let mut out = Vec::new();
         let mut marked = false;
         for slot in [Slot::A, Slot::B] {
@@ -135,11 +152,16 @@ impl Upgrade<'_> {
             if !marked {
                 // Verified once: from here on neither slot may boot until
                 // both are rewritten.
-                let mut state = loaded.state.clone();
-                for slot in [Slot::A, Slot::B] {
-                    state.take_out_of_service(slot);
-                }
-                commit(self.state_dir, &loaded.env, &state, || {})?;
+                transaction(
+                    self.state_dir,
+                    || {},
+                    |l| {
+                        for slot in [Slot::A, Slot::B] {
+                            l.state.take_out_of_service(slot);
+                        }
+                        Ok(())
+                    },
+                )?;
                 marked = true;
             }
             let mut i = prepared.install().with_context(|| {
@@ -148,16 +170,20 @@ impl Upgrade<'_> {
             i.target = format!("slot {slot}");
             out.push(i);
         }
-        let current = self.load()?;
-        let mut state = current.state.clone();
-        state.reset_to(if known_good {
-            Health::Good
-        } else {
-            Health::Trial {
-                tries: req.tries.clamp(1, 9),
-            }
-        });
-        commit(self.state_dir, &current.env, &state, || {})?;
+        transaction(
+            self.state_dir,
+            || {},
+            |l| {
+                l.state.reset_to(if known_good {
+                    Health::Good
+                } else {
+                    Health::Trial {
+                        tries: req.tries.clamp(1, 9),
+                    }
+                });
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 }
