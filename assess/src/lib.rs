@@ -444,6 +444,18 @@ impl BootState {
         }
     }
 
+    /// Undoes [`take_out_of_service`](Self::take_out_of_service) of `slot`
+    /// when its image was not replaced after all: its health as in
+    /// `before`, and the active slot again if it was then and nothing else
+    /// moved it since. The rest of the state is left as it is now (another
+    /// writer may have changed it meanwhile).
+    pub fn return_to_service(&mut self, slot: Slot, before: &BootState) {
+        *self.health_mut(slot) = before.health(slot);
+        if before.active_slot == slot && self.active_slot == slot.other() {
+            self.active_slot = slot;
+        }
+    }
+
     /// A freshly written `slot` boots next: active on trial for `tries`
     /// boots (the other slot stays the fallback), and a pending one-shot
     /// choice is dropped so it cannot bypass the new slot.
@@ -467,6 +479,25 @@ impl BootState {
 #[cfg(test)]
 mod writer_tests {
     use super::*;
+
+    #[test]
+    fn a_slot_returned_to_service_is_as_before_and_keeps_later_changes() {
+        let mut before = BootState::default();
+        before.activate_on_trial(Slot::B, 2);
+        let mut s = before.clone();
+        s.take_out_of_service(Slot::B);
+        // Another writer changed something meanwhile.
+        s.next_entry = Some(Mode::Recovery);
+        s.return_to_service(Slot::B, &before);
+        assert_eq!((s.active_slot, s.b), (Slot::B, Health::Trial { tries: 2 }));
+        assert_eq!(s.next_entry, Some(Mode::Recovery));
+        // A slot that was not active does not become active.
+        let before = BootState::default();
+        let mut s = before.clone();
+        s.take_out_of_service(Slot::B);
+        s.return_to_service(Slot::B, &before);
+        assert_eq!(s, before);
+    }
 
     #[test]
     fn a_slot_out_of_service_is_never_chosen() {

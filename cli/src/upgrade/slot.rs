@@ -83,10 +83,7 @@ impl Upgrade<'_> {
                     self.state_dir,
                     || {},
                     |l| {
-                        *l.state.health_mut(target) = before.health(target);
-                        if before.active_slot == target && l.state.active_slot == target.other() {
-                            l.state.active_slot = target;
-                        }
+                        l.state.return_to_service(target, &before);
                         Ok(())
                     },
                 );
