@@ -20,13 +20,16 @@ use crate::fatal::{fatal, FatalPolicy};
 use crate::{logger, switch_root};
 use anyhow::{bail, Context, Result};
 use immuboot_assess::{resolve_target, store, BootState};
-use immuboot_mount::facts::{BootFacts, StepTiming, FACTS_DIR};
-use immuboot_mount::plan::MountFlags;
+use immuboot_mount::facts::{
+    dracut_version, BootFacts, Initramfs, InitramfsKind, StepTiming, FACTS_DIR,
+};
+use immuboot_mount::plan::{FstabEntry, MountFlags};
 use immuboot_mount::probe;
 use immuboot_mount::syscall::Syscall;
 use immuboot_recovery::{policy, RECOVERY_MOUNT, STATE_MOUNT};
 pub use modules::{InitSyscall, MODULE_LIST};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::time::Instant;
 
 pub const SYSROOT: &str = "/sysroot";
@@ -108,7 +111,8 @@ pub(crate) fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The whole boot. Never returns: it execs systemd or reboots.
+/// The whole boot as PID 1 of immuboot's own initramfs. Never returns: it
+/// execs systemd or reboots.
 pub fn run() -> ! {
     let mut b = Boot::new(InitSyscall::default(), Paths::default());
     b.facts.uptime_start_s = uptime();
@@ -121,28 +125,106 @@ pub fn run() -> ! {
     });
     log::info!("immuboot init {} starting", env!("CARGO_PKG_VERSION"));
 
-    let cfg = b.step("read kernel command line", |_| {
-        Ok(InitConfig::from_cmdline(
-            &cmdline::read().context("cannot read /proc/cmdline")?,
-        ))
-    });
-    b.fatal = FatalPolicy {
-        reboot_delay: cfg.reboot_delay,
-        shell: cfg.shell_on_failure,
-    };
-    crate::fatal::POLICY.publish(b.fatal.clone());
-    logger::set_debug(cfg.debug);
-    for w in cfg.warnings.clone() {
-        b.warn(format!("kernel command line: {w}"));
-    }
-    b.facts.labels = cfg.labels.clone();
-
+    let cfg = read_command_line(&mut b);
     b.step("start loading kernel modules", |b| modules::start(b, &cfg));
 
     if cfg.disabled {
         boot_plain_root(&mut b, &cfg);
     }
 
+    let (root_entry, mounted) = mount_root(&mut b, &cfg);
+
+    b.step("finish loading kernel modules", |b| {
+        modules::finish(b);
+        Ok(())
+    });
+    b.step("arm watchdog", |b| {
+        handover::arm_watchdog(b, cfg.watchdog);
+        Ok(())
+    });
+    b.step("write boot facts", |b| {
+        handover::write_facts(b, &root_entry, &mounted)
+    });
+    let init = cfg.init.clone();
+    b.step("switch root", |b| {
+        switch_root::switch_root(&b.sys, &b.paths.sysroot, &init).map(|never| match never {})
+    })
+}
+
+/// The same boot inside a distribution's dracut initramfs, run by
+/// `immuboot-initrd.service` (systemd in the initrd). systemd has mounted
+/// the API file systems, loaded the modules (udev, modules-load.d) and
+/// waited for the image's partition (`immuboot-generator`); this prepares
+/// /sysroot and exits, and systemd switches root. Returns only on success;
+/// a failure takes the fatal path (a reboot asked of systemd, or its
+/// emergency shell with immuboot.shell).
+pub fn run_in_initrd() {
+    let mut b = Boot::new(InitSyscall::default(), Paths::default());
+    b.fatal.host = InitramfsKind::Dracut;
+    b.facts.uptime_start_s = uptime();
+    b.facts.initramfs = Initramfs {
+        kind: InitramfsKind::Dracut,
+        dracut_version: ["/usr/lib/initrd-release", "/etc/initrd-release"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(f).ok())
+            .and_then(|text| dracut_version(&text)),
+    };
+    logger::attach_kmsg();
+    log::info!(
+        "immuboot {} starting in dracut's initramfs (dracut {})",
+        env!("CARGO_PKG_VERSION"),
+        b.facts.initramfs.dracut_version.as_deref().unwrap_or("?")
+    );
+
+    let mut cfg = read_command_line(&mut b);
+    if cfg.disabled {
+        log::info!("rd.cos.disable: leaving root= to dracut and systemd");
+        return;
+    }
+    // systemd waited for the image's partition up to immuboot.timeout after
+    // the kernel started (immuboot-generator); only what is left of it
+    // remains, so a missing partition costs the timeout once.
+    let elapsed = Duration::from_secs_f64(uptime());
+    cfg.device_timeout = cfg
+        .device_timeout
+        .saturating_sub(elapsed)
+        .max(Duration::from_secs(1));
+
+    let (root_entry, mounted) = mount_root(&mut b, &cfg);
+
+    b.step("arm watchdog", |b| {
+        handover::arm_watchdog(b, cfg.watchdog);
+        Ok(())
+    });
+    b.step("write boot facts", |b| {
+        handover::write_facts(b, &root_entry, &mounted)
+    });
+    log::info!("/sysroot is ready; systemd switches root");
+}
+
+/// Reads the command line and applies what the rest of the boot depends on
+/// (the fatal policy, debug logging, the labels).
+fn read_command_line<S: Syscall>(b: &mut Boot<S>) -> InitConfig {
+    let cfg = b.step("read kernel command line", |_| {
+        Ok(InitConfig::from_cmdline(
+            &cmdline::read().context("cannot read /proc/cmdline")?,
+        ))
+    });
+    b.fatal.reboot_delay = cfg.reboot_delay;
+    b.fatal.shell = cfg.shell_on_failure;
+    crate::fatal::POLICY.publish(b.fatal.clone());
+    logger::set_debug(cfg.debug);
+    for w in cfg.warnings.clone() {
+        b.warn(format!("kernel command line: {w}"));
+    }
+    b.facts.labels = cfg.labels.clone();
+    cfg
+}
+
+/// The steps both initramfs kinds share: find the partitions, pick and mount
+/// the image on /sysroot, the OEM partition and the layout under it, and the
+/// image's digest check. Returns the root's fstab entry and the other mounts.
+fn mount_root(b: &mut Boot, cfg: &InitConfig) -> (FstabEntry, Vec<FstabEntry>) {
     // The mode comes from the command line alone; the boot state only says
     // which slot is active.
     let mode = resolve_target(&cfg.request, &BootState::default()).mode;
@@ -154,7 +236,7 @@ pub fn run() -> ! {
 
     let found = b.step("find partitions", |b| {
         let mut warnings = Vec::new();
-        let devices = partitions::find(&cfg, &image_label, &mut |w| warnings.push(w))?;
+        let devices = partitions::find(cfg, &image_label, &mut |w| warnings.push(w))?;
         for w in warnings {
             b.warn(w);
         }
@@ -171,7 +253,7 @@ pub fn run() -> ! {
     b.facts.state_device = state_dev.as_ref().map(|d| d.path.clone());
 
     let target = b.step("select image", |b| {
-        image::select(b, &cfg, state_dev.as_ref())
+        image::select(b, cfg, state_dev.as_ref())
     });
     log::info!(
         "booting {} image {} (slot {})",
@@ -216,21 +298,7 @@ pub fn run() -> ! {
     b.step("verify image", |b| {
         image::verify(b, &mode_policy).inspect_err(|e| image::record_failure(b, target.slot, e))
     });
-    b.step("finish loading kernel modules", |b| {
-        modules::finish(b);
-        Ok(())
-    });
-    b.step("arm watchdog", |b| {
-        handover::arm_watchdog(b, cfg.watchdog);
-        Ok(())
-    });
-    b.step("write boot facts", |b| {
-        handover::write_facts(b, &root_entry, &mounted)
-    });
-    let init = cfg.init.clone();
-    b.step("switch root", |b| {
-        switch_root::switch_root(&b.sys, &b.paths.sysroot, &init).map(|never| match never {})
-    })
+    (root_entry, mounted)
 }
 
 /// `rd.cos.disable`: no immutable layout, boot `root=` as it is.

@@ -1,6 +1,8 @@
-//! The one way the init stops: say what failed in one line, then reboot so
-//! the boot loader's fallback can act. PID 1 never exits.
+//! The one way the boot stops: say what failed in one line, then reboot so
+//! the boot loader's fallback can act. PID 1 never exits; in dracut's initrd
+//! the reboot is asked of systemd, which stops everything cleanly.
 
+use immuboot_mount::facts::InitramfsKind;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -9,6 +11,9 @@ use std::time::Duration;
 pub struct FatalPolicy {
     pub reboot_delay: Duration,
     pub shell: bool,
+    /// Who runs the boot: the init as PID 1, or a service of systemd in
+    /// dracut's initrd.
+    pub host: InitramfsKind,
 }
 
 impl Default for FatalPolicy {
@@ -16,6 +21,7 @@ impl Default for FatalPolicy {
         FatalPolicy {
             reboot_delay: Duration::from_secs(10),
             shell: false,
+            host: InitramfsKind::Standalone,
         }
     }
 }
@@ -63,10 +69,43 @@ pub fn fatal(step: &str, error: &anyhow::Error, policy: &FatalPolicy) -> ! {
         "{}",
         fatal_line(step, &format!("{error:#}"), policy.reboot_delay)
     );
-    if policy.shell {
-        emergency_shell();
+    match policy.host {
+        InitramfsKind::Standalone => {
+            if policy.shell {
+                emergency_shell();
+            }
+            reboot_after(policy.reboot_delay)
+        }
+        InitramfsKind::Dracut => {
+            if policy.shell {
+                // The service fails: systemd's own emergency handling
+                // (dracut's shell) takes over, as immuboot.shell asks.
+                log::error!("immuboot.shell: leaving the failure to systemd's emergency shell");
+                std::process::exit(1)
+            }
+            std::thread::sleep(policy.reboot_delay);
+            ask_systemd_to_reboot()
+        }
     }
-    reboot_after(policy.reboot_delay)
+}
+
+/// In dracut's initrd: start systemd's reboot (it stops this service and
+/// unmounts what it can), and wait for it. A failed service would instead
+/// make the initrd's targets fail and systemd start its emergency shell.
+fn ask_systemd_to_reboot() -> ! {
+    rustix::fs::sync();
+    match std::process::Command::new("systemctl")
+        .args(["--no-block", "reboot"])
+        .status()
+    {
+        Ok(s) if s.success() => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        other => {
+            log::error!("systemctl reboot failed ({other:?}); rebooting directly");
+            reboot_after(Duration::ZERO)
+        }
+    }
 }
 
 /// Runs a shell if one exists (the initramfs has none by default; the new
@@ -140,13 +179,16 @@ mod tests {
         published.publish(FatalPolicy {
             reboot_delay: Duration::from_secs(300),
             shell: true,
+            host: InitramfsKind::Dracut,
         });
         published.publish(FatalPolicy {
             reboot_delay: Duration::from_secs(1),
             shell: false,
+            host: InitramfsKind::Standalone,
         });
         let after = published.current();
         assert_eq!(after.reboot_delay, Duration::from_secs(300));
         assert!(after.shell);
+        assert_eq!(after.host, InitramfsKind::Dracut);
     }
 }

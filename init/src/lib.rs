@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod config;
 pub mod fatal;
+pub mod generator;
 pub mod logger;
 pub mod switch_root;
 

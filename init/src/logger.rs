@@ -2,18 +2,26 @@
 //! console (as the kernel's console log level allows) and, after the switch
 //! to systemd, in the journal. Each line is prefixed `immuboot:`. Until /dev
 //! is mounted, lines go to standard error (the console).
+//!
+//! /dev/kmsg is opened for each record: the kernel rate-limits writes per
+//! open file (10 lines in 5 s unless `printk.devkmsg=on`), and a boot logs
+//! more than that in its first second.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 pub struct KmsgLogger {
-    kmsg: Mutex<Option<File>>,
+    kmsg: AtomicBool,
+    /// Keeps records whole when threads log at once.
+    write: Mutex<()>,
 }
 
 static LOGGER: KmsgLogger = KmsgLogger {
-    kmsg: Mutex::new(None),
+    kmsg: AtomicBool::new(false),
+    write: Mutex::new(()),
 };
 
 /// Syslog priority used in the kmsg record. Debug lines are only logged
@@ -43,13 +51,9 @@ pub fn install() {
     log::set_max_level(LevelFilter::Info);
 }
 
-/// Opens /dev/kmsg once /dev is mounted.
+/// Logs to /dev/kmsg from now on (once /dev is mounted).
 pub fn attach_kmsg() {
-    if let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg") {
-        if let Ok(mut guard) = LOGGER.kmsg.lock() {
-            *guard = Some(f);
-        }
-    }
+    LOGGER.kmsg.store(true, Ordering::Relaxed);
 }
 
 pub fn set_debug(debug: bool) {
@@ -70,14 +74,16 @@ impl Log for KmsgLogger {
             return;
         }
         let line = format_record(record.level(), &record.args().to_string());
-        let mut guard = match self.kmsg.lock() {
+        let _guard = match self.write.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let written = guard
-            .as_mut()
-            .map(|f| f.write_all(line.as_bytes()).is_ok())
-            .unwrap_or(false);
+        let written = self.kmsg.load(Ordering::Relaxed)
+            && OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .is_ok();
         if !written {
             // Strip the priority prefix for a human reading the console.
             let plain = line.split_once('>').map(|(_, rest)| rest).unwrap_or(&line);

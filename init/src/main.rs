@@ -1,17 +1,44 @@
-//! PID 1 of the immuboot initramfs. See `boot.rs` for the sequence.
+//! immuboot's init. Three ways to start it:
+//! - as PID 1 of immuboot's own initramfs (no arguments): the whole boot,
+//!   see `boot.rs`;
+//! - as `immuboot-generator NORMAL EARLY LATE` (a link by that name, in
+//!   dracut's initrd): writes the units that make systemd run the boot;
+//! - as `immuboot-init --dracut` (`immuboot-initrd.service`): the same boot
+//!   inside dracut's initrd, where systemd switches root.
 #![forbid(unsafe_code)]
 
-use immuboot_init::{boot, fatal, logger};
+use immuboot_init::{boot, fatal, generator, logger};
+
+const USAGE: &str = "immuboot-init is the init of the immuboot initramfs (PID 1, no arguments); \
+in a dracut initramfs it runs as `immuboot-init --dracut` (immuboot-initrd.service) and as \
+immuboot-generator (a systemd generator)";
 
 fn main() {
-    if std::process::id() != 1 {
-        eprintln!("immuboot-init is the init of the immuboot initramfs and only runs as PID 1");
-        std::process::exit(2);
-    }
+    let args: Vec<String> = std::env::args().collect();
     logger::install();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if called == "immuboot-generator" {
+        // Generators run before any unit; the kernel log is where their
+        // errors can be read.
+        logger::attach_kmsg();
+        std::process::exit(generator::main(&args[1..]));
+    }
+    let in_initrd = match (std::process::id(), &args[1..]) {
+        (1, []) => false,
+        (pid, [flag]) if pid != 1 && flag == "--dracut" => true,
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
     // A panic must not kill PID 1 (the kernel would panic without saying why
-    // on most consoles): it takes the fatal path, with the command line's
-    // reboot delay and shell once the boot has published them.
+    // on most consoles) nor fail the initrd service silently: it takes the
+    // fatal path, with the command line's reboot delay and shell once the
+    // boot has published them.
     std::panic::set_hook(Box::new(|info| {
         fatal::fatal(
             "internal error",
@@ -19,5 +46,9 @@ fn main() {
             &fatal::POLICY.current(),
         )
     }));
-    boot::run()
+    if in_initrd {
+        boot::run_in_initrd();
+    } else {
+        boot::run()
+    }
 }

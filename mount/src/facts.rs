@@ -33,12 +33,68 @@ pub struct Partition {
     pub fstype: String,
 }
 
+/// Which initramfs ran the boot: immuboot's own (the init is PID 1) or a
+/// distribution's dracut initramfs with the immuboot module (systemd in the
+/// initrd runs the same boot as a service).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitramfsKind {
+    #[default]
+    Standalone,
+    Dracut,
+}
+
+impl InitramfsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitramfsKind::Standalone => "standalone",
+            InitramfsKind::Dracut => "dracut",
+        }
+    }
+}
+
+/// The initramfs that booted: its kind and, for dracut, dracut's version
+/// (from the initrd's `initrd-release`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Initramfs {
+    pub kind: InitramfsKind,
+    pub dracut_version: Option<String>,
+}
+
+impl Initramfs {
+    /// One line for people: `standalone (immuboot 0.1.0)` or
+    /// `dracut 059-4 with the immuboot 0.1.0 module`.
+    pub fn describe(&self, init_version: &str) -> String {
+        match self.kind {
+            InitramfsKind::Standalone => format!("standalone (immuboot {init_version} as PID 1)"),
+            InitramfsKind::Dracut => format!(
+                "dracut {} with the immuboot {init_version} module (systemd in the initrd)",
+                self.dracut_version
+                    .as_deref()
+                    .unwrap_or("(version unknown)")
+            ),
+        }
+    }
+}
+
+/// `DRACUT_VERSION` from the text of an `initrd-release` file.
+pub fn dracut_version(initrd_release: &str) -> Option<String> {
+    initrd_release.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("DRACUT_VERSION=")?;
+        let v = v.trim_matches(|c| c == '"' || c == '\'');
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BootFacts {
     /// [`FACTS_VERSION`] of the init that wrote them.
     pub version: u32,
     pub init_version: String,
+    /// Facts written before this field existed read as standalone.
+    pub initramfs: Initramfs,
     pub mode: Option<Mode>,
     pub target: Option<BootTarget>,
     /// The partition labels this boot looked for (the command line can
@@ -124,6 +180,32 @@ impl BootFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initramfs_kind_and_dracut_version() {
+        let release = "NAME=\"Debian GNU/Linux\"\nVERSION=\"12 (bookworm) dracut-059-4\"\nDRACUT_VERSION=059-4\n";
+        assert_eq!(dracut_version(release).as_deref(), Some("059-4"));
+        assert_eq!(
+            dracut_version("DRACUT_VERSION=\"106-5\"\n").as_deref(),
+            Some("106-5")
+        );
+        assert_eq!(dracut_version("NAME=x\n"), None);
+        let old = BootFacts::parse(r#"{"version":1,"init_version":"0.1.0"}"#).unwrap();
+        assert_eq!(old.initramfs.kind, InitramfsKind::Standalone);
+        let dracut = Initramfs {
+            kind: InitramfsKind::Dracut,
+            dracut_version: Some("059-4".into()),
+        };
+        let mut facts = BootFacts::new("0.1.0");
+        facts.initramfs = dracut.clone();
+        let back = BootFacts::parse(&facts.to_json().unwrap()).unwrap();
+        assert_eq!(back.initramfs, dracut);
+        assert!(facts.to_json().unwrap().contains("\"kind\": \"dracut\""));
+        assert_eq!(
+            dracut.describe("0.1.0"),
+            "dracut 059-4 with the immuboot 0.1.0 module (systemd in the initrd)"
+        );
+    }
     use crate::exec::Status;
     use crate::plan::Kind;
 

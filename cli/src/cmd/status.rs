@@ -4,6 +4,7 @@ use super::Ctx;
 use crate::upgrade;
 use anyhow::Result;
 use immuboot_assess::{store, Health, Slot};
+use immuboot_mount::facts::InitramfsKind;
 
 fn os_release_field(field: &str) -> Option<String> {
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
@@ -91,9 +92,14 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
                 "layout:       {}",
                 or_dash(Some(&f.layout_source).filter(|s| !s.is_empty()))
             );
+            outln!("initramfs:    {}", f.initramfs.describe(&f.init_version));
             let ms: u128 = f.steps.iter().map(|s| s.ms).sum();
+            let handover = match f.initramfs.kind {
+                InitramfsKind::Standalone => "switched root",
+                InitramfsKind::Dracut => "handed /sysroot to systemd",
+            };
             outln!(
-                "init:         {} ms in the initramfs, switched root at {:.2} s",
+                "init:         {} ms in the initramfs, {handover} at {:.2} s",
                 ms,
                 f.uptime_switch_s
             );

@@ -1066,3 +1066,307 @@ fn s20_recovery_upgrade_then_reset_from_recovery_restores_a_booting_system() -> 
     )?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// The other initramfs kind and the second distribution release: the same
+// checks on disks built with `--initramfs dracut` (the distribution's dracut
+// with the immuboot module) and `--suite trixie`.
+
+/// One machine of configuration `config` (e.g. "trixie-dracut") through
+/// the boots that matter: layout and mode, persistence, a broken OEM
+/// layout, a slot whose systemd fails, a slot with flipped bytes in its
+/// root file system. Records the initramfs phase and size.
+fn same_boot_in(config: &str, kind: &str) -> Result<()> {
+    let mut m = Machine::new_in("boots", config)?.with_payload();
+
+    // 1. Boots to multi-user from the active slot's read-only squashfs.
+    let mut vm = m.boot()?;
+    let login_after = vm.login()?;
+    let state = vm.run_ok("systemctl is-active multi-user.target")?;
+    ensure!(state.trim() == "active", "multi-user.target: {state}");
+    let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
+    ensure!(root.starts_with("squashfs ro"), "/ is {root}");
+    ensure!(root_backing_file(&mut vm)? == "/run/initramfs/cos-state/cOS/a.img");
+    // root=LABEL=COS_STATE went to immuboot only: COS_STATE is mounted
+    // once, read-only, where immuboot put it.
+    let state_mounts = vm.run_ok("findmnt -n -o TARGET,OPTIONS -S LABEL=COS_STATE")?;
+    ensure!(
+        state_mounts.lines().count() == 1
+            && state_mounts.starts_with("/run/initramfs/cos-state ro"),
+        "COS_STATE mounted as: {state_mounts}"
+    );
+    ensure!(vm.run_ok("findmnt -n -o FSTYPE /etc")?.trim() == "overlay");
+    let usr_local = vm.run_ok("findmnt -n -o SOURCE,FSTYPE /usr/local")?;
+    ensure!(usr_local.contains("ext4"), "/usr/local is {usr_local}");
+    let units = vm.run_ok("systemctl is-active usr-local.mount var-log.mount oem.mount")?;
+    ensure!(units.lines().all(|l| l.trim() == "active"), "{units}");
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    ensure!(image_version(&mut vm)? == "2");
+    let status = vm.run_ok("immuboot status")?;
+    let expected = match kind {
+        "dracut" => "initramfs:    dracut ",
+        _ => "initramfs:    standalone (immuboot ",
+    };
+    ensure!(status.contains(expected), "{status}");
+    ensure!(
+        status.contains("booted:       active (slot a) /cOS/a.img  version 2"),
+        "{status}"
+    );
+    vm.run_ok("systemctl is-active immuboot-mark-good.service")?;
+    let journal = vm.run_ok("journalctl -b -t immuboot -o cat")?;
+    ensure!(
+        journal.lines().filter(|l| l.starts_with("step '")).count() >= 7,
+        "immuboot's lines in the journal:\n{journal}"
+    );
+    if kind == "dracut" {
+        // The service finished before the switch; nothing of it was killed.
+        let svc = vm.run_ok(
+            "journalctl -b -o cat -u immuboot-initrd.service | grep -c 'Finished' || true",
+        )?;
+        ensure!(svc.trim() != "0", "immuboot-initrd.service did not finish");
+    }
+    let dmesg = vm.run_ok("dmesg")?;
+    let phase = initramfs_phase(&dmesg)
+        .ok_or_else(|| anyhow::anyhow!("no timing lines in dmesg:\n{dmesg}"))?;
+
+    // 2 and 5: persistence, and a broken layout file on COS_OEM.
+    vm.run_ok(
+        "echo etc > /etc/immuboot-test && echo ul > /usr/local/immuboot-test \
+         && echo demo > /var/lib/immuboot-demo/data && mkdir -p /oem/immuboot \
+         && printf 'persistent: [/root\\nephemeral: /var\\n' > /oem/immuboot/layout.yaml && sync",
+    )?;
+    vm.reboot()?;
+    let mut vm = m.boot()?;
+    let caps = vm.expect(
+        r"immuboot: invalid layout file /oem/immuboot/layout\.yaml: ([^\n]*)",
+        Duration::from_secs(300),
+    )?;
+    ensure!(
+        caps[1].contains("line") && caps[1].contains("column"),
+        "the error does not say where: {}",
+        caps[1]
+    );
+    vm.login()?;
+    let facts = vm.run_ok("cat /run/immuboot/boot.json")?;
+    ensure!(
+        facts.contains("\"layout_source\": \"/etc/immuboot/layout.yaml\""),
+        "{facts}"
+    );
+    let (rc, _) = vm.run("test -e /etc/immuboot-test")?;
+    ensure!(rc != 0, "/etc change survived the reboot");
+    let kept = vm.run_ok("cat /usr/local/immuboot-test /var/lib/immuboot-demo/data")?;
+    ensure!(
+        kept.lines().map(str::trim).collect::<Vec<_>>() == ["ul", "demo"],
+        "persistent files: {kept}"
+    );
+    vm.run_ok("rm /oem/immuboot/layout.yaml && sync")?;
+
+    // 4. A new slot whose systemd fails to start: its one try is used up,
+    // the counters bring the machine back to slot a.
+    mount_payload(&mut vm)?;
+    upgrade(&mut vm, &format!("{PAYLOAD}/broken-systemd.img --tries 1"))?;
+    vm.reboot()?;
+    let started = Instant::now();
+    failing_boot(
+        &mut m,
+        "b",
+        "test image: systemd fails to start",
+        Duration::from_secs(300),
+    )?;
+    let mut vm = boot(&mut m)?;
+    let broken_systemd_seconds = started.elapsed().as_secs();
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("FALLBACK:     fallback to slot a: slot b used up its tries"),
+        "{status}"
+    );
+
+    // 3. A new slot with flipped bytes in its root file system region: the
+    // digest check of its trial boot catches it, the machine lands on a.
+    let offset = root_region_offset(config)?;
+    upgrade(&mut vm, "/run/initramfs/cos-state/cOS/a.img")?;
+    corrupt_slot_b(&mut vm, offset)?;
+    vm.reboot()?;
+    let started = Instant::now();
+    failing_boot(&mut m, "b", "is corrupted", Duration::from_secs(300))?;
+    let mut vm = boot(&mut m)?;
+    let corrupted_seconds = started.elapsed().as_secs();
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       bad") && status.contains("is corrupted: its SHA-256 is"),
+        "{status}"
+    );
+
+    record_result(
+        &format!("initramfs-{config}"),
+        json!({
+            "initramfs": kind,
+            "initramfs_phase_s": (phase * 1000.0).round() / 1000.0,
+            "initramfs_bytes": m.manifest.initramfs_bytes,
+            "qemu_start_to_login_prompt_s": login_after.as_secs(),
+            "broken_systemd_to_good_slot_s": broken_systemd_seconds,
+            "corrupted_slot_to_good_slot_s": corrupted_seconds,
+        }),
+    )?;
+    Ok(())
+}
+
+/// The initramfs phase on the kernel's clock: from "Run /init" to the first
+/// line of systemd in the real root. With systemd in the initrd (dracut)
+/// that is its line after "Switching root", not the initrd's own.
+fn initramfs_phase(dmesg: &str) -> Option<f64> {
+    let ts = |line: &str| -> Option<f64> {
+        let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
+        inner.trim().parse().ok()
+    };
+    let lines: Vec<&str> = dmesg.lines().collect();
+    let run_init = lines
+        .iter()
+        .position(|l| l.contains("Run /init as init process"))?;
+    let start = ts(lines[run_init])?;
+    let after = &lines[run_init + 1..];
+    let from = after
+        .iter()
+        .position(|l| l.contains("Switching root"))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let end = after[from..]
+        .iter()
+        .find(|l| l.contains("systemd[1]: systemd "))
+        .and_then(|l| ts(l))?;
+    Some(end - start)
+}
+
+#[test]
+fn initramfs_phase_ends_at_the_real_roots_systemd() {
+    let standalone = "[    1.000000] Run /init as init process\n\
+                      [    3.500000] systemd[1]: systemd 252 running in system mode\n";
+    assert_eq!(initramfs_phase(standalone), Some(2.5));
+    let dracut = "[    1.000000] Run /init as init process\n\
+                  [    1.200000] systemd[1]: systemd 252 running in system mode\n\
+                  [    6.000000] systemd[1]: Switching root.\n\
+                  [    7.000000] systemd[1]: systemd 252 running in system mode\n";
+    assert_eq!(initramfs_phase(dracut), Some(6.0));
+}
+
+/// An offset in the configuration's a.img inside the root file system's
+/// data, away from the kernel and initramfs (which GRUB checks itself).
+fn root_region_offset(config: &str) -> Result<u64> {
+    let dir = immuboot_qemu_tests::artifacts_dir_for(config)?;
+    let image_path = dir.join("images/a.img");
+    let image = std::fs::read(&image_path)?;
+    let mut regions = Vec::new();
+    for f in ["boot/vmlinuz", "boot/initrd.img"] {
+        let out = std::process::Command::new("unsquashfs")
+            .args(["-cat"])
+            .arg(&image_path)
+            .arg(f)
+            .output()
+            .context("unsquashfs (package squashfs-tools)")?;
+        ensure!(out.status.success(), "unsquashfs -cat {f} failed");
+        let content = out.stdout;
+        let middle = content.len() / 2 / 131072 * 131072;
+        let probe = &content[middle..middle + 4096];
+        if let Some(pos) = image.windows(probe.len()).position(|w| w == probe) {
+            let start = (pos as u64).saturating_sub(middle as u64);
+            regions.push(start..start + content.len() as u64);
+        } else {
+            // Stored compressed: its place is unknown, so keep well away
+            // from where mksquashfs put /boot (early in the image).
+            regions.push(0..content.len() as u64 * 2);
+        }
+    }
+    let len = image.len() as u64;
+    [30, 50, 70, 85]
+        .iter()
+        .map(|pct| len * pct / 100)
+        .find(|off| regions.iter().all(|r| !r.contains(off)))
+        .context("no offset outside the kernel and initramfs")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s21_dracut_initramfs_on_bookworm() -> Result<()> {
+    same_boot_in("bookworm-dracut", "dracut")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s22_standalone_initramfs_on_trixie() -> Result<()> {
+    same_boot_in("trixie-standalone", "standalone")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s23_dracut_initramfs_on_trixie() -> Result<()> {
+    same_boot_in("trixie-dracut", "dracut")
+}
+
+/// The distribution's own dracut initramfs, without the immuboot module,
+/// booting a plain root (the slot image as a read-only block device, kernel
+/// and initramfs given to QEMU directly): the yardstick for what the module
+/// adds. Only the initramfs phase on the kernel's clock is compared, so the
+/// missing firmware and GRUB do not matter.
+fn plain_dracut_phase(suite: &str) -> Result<()> {
+    let config = format!("{suite}-dracut");
+    let dir = immuboot_qemu_tests::artifacts_dir_for(&config)?;
+    let vm_dir = immuboot_qemu_tests::artifacts_dir()
+        .join("vms")
+        .join(format!("{suite}-dracut-plain"));
+    if vm_dir.exists() {
+        std::fs::remove_dir_all(&vm_dir)?;
+    }
+    std::fs::create_dir_all(&vm_dir)?;
+    let image = dir.join("images/a.img");
+    let kernel = vm_dir.join("vmlinuz");
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&image)
+        .arg("boot/vmlinuz")
+        .output()
+        .context("unsquashfs (package squashfs-tools)")?;
+    ensure!(out.status.success(), "unsquashfs -cat boot/vmlinuz failed");
+    std::fs::write(&kernel, out.stdout)?;
+    let initrd = dir.join("dracut-plain.img");
+    let args: Vec<String> = [
+        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1",
+        "-no-reboot", "-nic", "none", "-display", "none", "-serial", "stdio", "-monitor", "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        "root=/dev/vda rootfstype=squashfs ro console=ttyS0,115200 printk.devkmsg=on panic=10"
+            .into(),
+        "-drive".into(),
+        format!("file={},if=virtio,format=raw,readonly=on", image.display()),
+    ])
+    .collect();
+    let mut vm = Vm::start(&args, &vm_dir.join("boot1.log"))?;
+    vm.expect(r"Switching root", Duration::from_secs(300))?;
+    vm.expect(r"systemd\[1\]: systemd ", Duration::from_secs(120))?;
+    let phase = initramfs_phase(&vm.console())
+        .ok_or_else(|| anyhow::anyhow!("no timing lines on the console"))?;
+    record_result(
+        &format!("initramfs-{suite}-dracut-plain"),
+        json!({
+            "initramfs": "dracut without immuboot, plain root",
+            "initramfs_phase_s": (phase * 1000.0).round() / 1000.0,
+            "initramfs_bytes": std::fs::metadata(&initrd)?.len(),
+        }),
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s24_distribution_dracut_without_immuboot_for_comparison() -> Result<()> {
+    plain_dracut_phase("bookworm")?;
+    plain_dracut_phase("trixie")
+}
