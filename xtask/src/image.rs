@@ -298,50 +298,59 @@ pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf> {
 fn dracut_initramfs(root: &Path, kver: &str, init: &Path, plain: &Path) -> Result<()> {
     let ws = workspace_root();
     let tmp = "var/tmp/dracut-plain.img";
-    chroot_run(
+    let plain_in_root = format!("/{tmp}");
+    timed_dracut(
         root,
-        &[
-            "dracut",
-            "--no-hostonly",
-            "--force",
-            "--kver",
-            kver,
-            &format!("/{tmp}"),
-        ],
-    )
-    .context("dracut without the immuboot module")?;
+        &["--kver", kver, &plain_in_root],
+        "without the module",
+    )?;
     let _ = fs::remove_file(plain);
     fs::rename(root.join(tmp), plain)?;
 
     let module = ws.join(DRACUT_MODULE);
-    let with_module = module.join("module-setup.sh").exists();
-    if with_module {
-        let bin = root.join("usr/lib/immuboot/immuboot-init");
-        fs::create_dir_all(bin.parent().context("parent")?)?;
-        fs::copy(init, &bin)?;
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
-        let dest = root.join("usr/lib/dracut/modules.d/90immuboot");
-        if dest.exists() {
-            fs::remove_dir_all(&dest)?;
-        }
-        run(Command::new("cp").arg("-a").arg(&module).arg(&dest))?;
-        run(Command::new("chmod")
-            .arg("0755")
-            .arg(dest.join("module-setup.sh")))?;
-        let conf = root.join("etc/dracut.conf.d");
-        fs::create_dir_all(&conf)?;
-        fs::copy(ws.join(DRACUT_CONF), conf.join("90-immuboot.conf"))?;
-    } else {
-        eprintln!(
-            "    WARNING: {DRACUT_MODULE} is missing: /boot/initrd.img is dracut's plain initramfs, without the immuboot module"
-        );
+    if !module.join("module-setup.sh").exists() {
+        bail!("{} is missing", module.join("module-setup.sh").display());
     }
-    let mut args = vec!["dracut", "--no-hostonly", "--force"];
-    if with_module {
-        args.extend(["--add", "immuboot"]);
+    let bin = root.join("usr/lib/immuboot/immuboot-init");
+    fs::create_dir_all(bin.parent().context("parent")?)?;
+    fs::copy(init, &bin)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    let dest = root.join("usr/lib/dracut/modules.d/90immuboot");
+    if dest.exists() {
+        fs::remove_dir_all(&dest)?;
     }
-    args.extend(["--kver", kver, "/boot/initrd.img"]);
-    chroot_run(root, &args).context("dracut with the immuboot module")
+    run(Command::new("cp").arg("-a").arg(&module).arg(&dest))?;
+    fs::set_permissions(
+        dest.join("module-setup.sh"),
+        fs::Permissions::from_mode(0o755),
+    )?;
+    let conf = root.join("etc/dracut.conf.d");
+    fs::create_dir_all(&conf)?;
+    fs::copy(ws.join(DRACUT_CONF), conf.join("90-immuboot.conf"))?;
+    timed_dracut(
+        root,
+        &["--add", "immuboot", "--kver", kver, "/boot/initrd.img"],
+        "with the immuboot module",
+    )
+}
+
+/// `dracut --quiet --no-hostonly --force ARGS` in the root (the last
+/// argument is the output file there); says how long it took and the size.
+fn timed_dracut(root: &Path, args: &[&str], what: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut all = vec!["dracut", "--quiet", "--no-hostonly", "--force"];
+    all.extend(args);
+    chroot_run(root, &all).with_context(|| format!("dracut {what}"))?;
+    let out = args
+        .last()
+        .context("dracut output")?
+        .trim_start_matches('/');
+    eprintln!(
+        "    dracut {what}: {:.1} s, {} bytes",
+        start.elapsed().as_secs_f64(),
+        fs::metadata(root.join(out))?.len()
+    );
+    Ok(())
 }
 
 /// Runs a command chrooted into `root`, with /proc, /sys and /dev mounted
