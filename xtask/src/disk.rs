@@ -38,7 +38,21 @@ pub struct PartInfo {
 pub struct Manifest {
     pub disk: PathBuf,
     pub partitions: Vec<PartInfo>,
+    #[serde(flatten)]
+    pub about: About,
+}
+
+/// What the disk boots (disk.json, read by the QEMU harness).
+#[derive(Serialize, Clone)]
+pub struct About {
+    /// Size of the compressed `/boot/initrd.img` in the images.
     pub initramfs_bytes: u64,
+    /// Debian suite of the images.
+    pub suite: String,
+    /// Kind of initramfs: `standalone` or `dracut`.
+    pub initramfs: String,
+    /// `uname -r` of the images' kernel.
+    pub kernel_release: String,
 }
 
 /// Size in MiB for a partition holding `bytes` of files: ext4 metadata and
@@ -128,7 +142,7 @@ pub fn build(
     work: &Path,
     disk: &Path,
     stamp: &Stamp,
-    initramfs_bytes: u64,
+    about: About,
 ) -> Result<Manifest> {
     fs::create_dir_all(work)?;
     let mut infos = Vec::new();
@@ -144,7 +158,7 @@ pub fn build(
     let manifest = Manifest {
         disk: disk.to_path_buf(),
         partitions: infos,
-        initramfs_bytes,
+        about,
     };
     if stamp.is_current(disk) {
         eprintln!("    disk up to date");

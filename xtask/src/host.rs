@@ -39,6 +39,9 @@ const NEEDS: &[(Probe, &[&str])] = &[
     (Probe::Command("sgdisk"), &["gdisk"]),
     (Probe::Command("grub-mkstandalone"), &["grub-common"]),
     (Probe::Command("depmod"), &["kmod"]),
+    // dracut runs chrooted in the image's root, in a private mount namespace.
+    (Probe::Command("unshare"), &["util-linux"]),
+    (Probe::Command("chroot"), &["coreutils"]),
     (Probe::Command("zstd"), &["zstd"]),
     (Probe::Command("pkg-config"), &["pkg-config"]),
     // bindgen (for libblkid's bindings) needs libclang.

@@ -2,6 +2,7 @@
 //! read-only root, with the immuboot CLI and an initramfs, squashed three
 //! times (slot a, slot b, recovery) with different versions in os-release.
 
+use crate::config::{Config, InitramfsKind};
 use crate::initramfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
@@ -79,6 +80,8 @@ pub const VARIANTS: &[Variant] = &[
 pub struct Images {
     pub dir: PathBuf,
     pub initramfs_bytes: u64,
+    /// `uname -r` of the images' kernel.
+    pub kernel_release: String,
 }
 
 /// Squashfs compression: GRUB loads the kernel and initramfs from inside the
@@ -90,9 +93,15 @@ fn compression() -> String {
     std::env::var("IMMUBOOT_SQUASHFS_COMP").unwrap_or_else(|_| "gzip".into())
 }
 
-fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
+/// The immuboot dracut module and its configuration, installed into the
+/// root of the dracut configurations.
+const DRACUT_MODULE: &str = "dracut-module/90immuboot";
+const DRACUT_CONF: &str = "dracut-module/dracut.conf.d/90-immuboot.conf";
+
+fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
     let root = workspace_root();
-    Stamp::default()
+    let stamp = Stamp::default()
+        .text(&cfg.name())
         .text(&tar.display().to_string())
         .text(&compression())
         .file(init)?
@@ -102,36 +111,73 @@ fn image_inputs(tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
         .file(&root.join("image/systemd/immuboot-mark-good.service"))?
         .file(&root.join("image/systemd/immuboot-watchdog.conf"))?
         .file(&root.join("xtask/src/image.rs"))?
-        .file(&root.join("xtask/src/initramfs.rs"))
+        .file(&root.join("xtask/src/initramfs.rs"))?;
+    match cfg.initramfs {
+        InitramfsKind::Standalone => Ok(stamp),
+        InitramfsKind::Dracut => stamp.tree(&root.join("dracut-module")),
+    }
 }
 
-pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
-    let dir = out_dir().join("images");
-    let stamp = image_inputs(tar, init, cli)?;
+/// Builds the configuration's images into `<out>/images`: slot a (version
+/// 2), slot b (version 1) and recovery, with their digest lists, and the
+/// test images of the scenarios in `images/test` (the payload disk).
+///
+/// The default configuration squashes the recovery image on its own and
+/// makes every test image (see [`test_variants`]). The other configurations
+/// build only what their scenarios use: recovery.img is a hard link to
+/// b.img's bytes (so its os-release says version 1, slot-b), with its own
+/// digest lists, and the only test image is `broken-systemd.img`.
+pub fn build(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
+    let out = cfg.out_dir();
+    let dir = out.join("images");
+    let stamp = image_inputs(cfg, tar, init, cli)?;
     let marker = dir.join("a.img");
+    let release_file = dir.join("kernel-release");
     if stamp.is_current(&marker) {
-        eprintln!("    images up to date");
-        let initramfs_bytes = fs::metadata(out_dir().join("initrd.img"))?.len();
-        return Ok(Images {
-            dir,
-            initramfs_bytes,
-        });
+        if let Ok(kernel_release) = fs::read_to_string(&release_file) {
+            eprintln!("    images up to date");
+            let initramfs_bytes = fs::metadata(out.join("initrd.img"))?.len();
+            return Ok(Images {
+                dir,
+                initramfs_bytes,
+                kernel_release: kernel_release.trim().to_string(),
+            });
+        }
     }
     fs::create_dir_all(&dir)?;
-    let root = out_dir().join("rootfs");
+    let root = out.join("rootfs");
     let kver = stage(tar, &root, cli)?;
-    let initrd = out_dir().join("initrd.img");
-    let initramfs_bytes = initramfs::build(
-        init,
-        &root.join("usr/lib/modules").join(&kver),
-        &kver,
-        &workspace_root().join("image/initramfs-modules"),
-        &initrd,
-    )?;
-    fs::copy(&initrd, root.join("boot/initrd.img"))?;
-    let os_release = root.join("usr/lib/os-release");
+    let initrd = out.join("initrd.img");
+    match cfg.initramfs {
+        InitramfsKind::Standalone => {
+            initramfs::build(
+                init,
+                &root.join("usr/lib/modules").join(&kver),
+                &kver,
+                &workspace_root().join("image/initramfs-modules"),
+                &initrd,
+            )?;
+            fs::copy(&initrd, root.join("boot/initrd.img"))?;
+        }
+        InitramfsKind::Dracut => {
+            dracut_initramfs(&root, &kver, init, &out.join("dracut-plain.img"))?;
+            fs::copy(root.join("boot/initrd.img"), &initrd)?;
+        }
+    }
+    let initramfs_bytes = fs::metadata(&initrd)?.len();
+    let os_release = resolve_in_root(&root, "usr/lib/os-release")?;
     let base = fs::read_to_string(&os_release)?;
+    let distro = distro_name(&base);
     for v in VARIANTS {
+        let out = dir.join(v.file);
+        if v.variant == "recovery" && !cfg.is_default() {
+            // The bytes of b.img, which was squashed last, under the
+            // recovery name; the digest lists name the recovery file.
+            let _ = fs::remove_file(&out);
+            fs::hard_link(dir.join("b.img"), &out)?;
+            write_digests(&root, &out)?;
+            continue;
+        }
         let text: String = base
             .lines()
             .filter(|l| {
@@ -144,20 +190,194 @@ pub fn build(tar: &Path, init: &Path, cli: &Path) -> Result<Images> {
         fs::write(
             &os_release,
             format!(
-                "{text}PRETTY_NAME=\"immuboot demo {} (Debian GNU/Linux 12)\"\nIMAGE_ID=immuboot-demo\nIMAGE_VERSION={}\nVARIANT_ID={}\n",
-                v.version, v.version, v.variant
+                "{text}PRETTY_NAME=\"{}\"\nIMAGE_ID=immuboot-demo\nIMAGE_VERSION={}\nVARIANT_ID={}\n",
+                pretty_name(v.version, &distro),
+                v.version,
+                v.variant
             ),
         )?;
-        let out = dir.join(v.file);
         squash(&root, &out, &[])?;
         write_digests(&root, &out)?;
     }
-    test_variants(&root, &dir.join("test"))?;
+    if cfg.is_default() {
+        test_variants(&root, &dir.join("test"))?;
+    } else {
+        let test = dir.join("test");
+        if test.exists() {
+            fs::remove_dir_all(&test)?;
+        }
+        fs::create_dir_all(&test)?;
+        broken_systemd(&root, &test.join("broken-systemd.img"))?;
+    }
+    fs::write(&release_file, format!("{kver}\n"))?;
     stamp.record(&marker)?;
     Ok(Images {
         dir,
         initramfs_bytes,
+        kernel_release: kver,
     })
+}
+
+/// "Debian GNU/Linux 12" from os-release (NAME and VERSION_ID; PRETTY_NAME
+/// when there is no version, as in sid).
+pub fn distro_name(os_release: &str) -> String {
+    let field = |k| crate::rootfs::os_release_field(os_release, k);
+    match (field("NAME"), field("VERSION_ID")) {
+        (Some(name), Some(version)) => format!("{name} {version}"),
+        _ => field("PRETTY_NAME")
+            .or_else(|| field("NAME"))
+            .unwrap_or_else(|| "Linux".into()),
+    }
+}
+
+fn pretty_name(version: &str, distro: &str) -> String {
+    format!("immuboot demo {version} ({distro})")
+}
+
+/// The path of `rel` inside `root` with the symlinks of its directories
+/// followed inside `root` (an absolute link target means root-relative, as
+/// in a chroot), the last component not followed. Merged /usr makes
+/// `sbin/init` live in `usr/sbin`, through `sbin -> usr/sbin` or
+/// `/sbin -> /usr/sbin`.
+pub fn resolve_in_root(root: &Path, rel: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let mut pending: Vec<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .rev()
+        .collect();
+    let mut cur: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                cur.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let path = cur
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&part);
+        let is_last = pending.is_empty();
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() && !is_last => {
+                links += 1;
+                if links > 40 {
+                    bail!(
+                        "too many symbolic links resolving {rel} in {}",
+                        root.display()
+                    );
+                }
+                let target = fs::read_link(&path)?;
+                if target.is_absolute() {
+                    cur.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_string_lossy().into_owned()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => cur.push(part),
+        }
+    }
+    Ok(cur.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// Makes `/boot/initrd.img` with the distribution's dracut in the staged
+/// root, and, for measurements, `plain` (the same dracut without the
+/// immuboot module; not in the image). The plain one is made first, before
+/// the module and its configuration are installed: without host-only mode
+/// dracut takes every module that says it can be included.
+fn dracut_initramfs(root: &Path, kver: &str, init: &Path, plain: &Path) -> Result<()> {
+    let ws = workspace_root();
+    let tmp = "var/tmp/dracut-plain.img";
+    let plain_in_root = format!("/{tmp}");
+    timed_dracut(
+        root,
+        &["--kver", kver, &plain_in_root],
+        "without the module",
+    )?;
+    let _ = fs::remove_file(plain);
+    fs::rename(root.join(tmp), plain)?;
+
+    let module = ws.join(DRACUT_MODULE);
+    if !module.join("module-setup.sh").exists() {
+        bail!("{} is missing", module.join("module-setup.sh").display());
+    }
+    let bin = root.join("usr/lib/immuboot/immuboot-init");
+    fs::create_dir_all(bin.parent().context("parent")?)?;
+    fs::copy(init, &bin)?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+    let dest = root.join("usr/lib/dracut/modules.d/90immuboot");
+    if dest.exists() {
+        fs::remove_dir_all(&dest)?;
+    }
+    run(Command::new("cp").arg("-a").arg(&module).arg(&dest))?;
+    fs::set_permissions(
+        dest.join("module-setup.sh"),
+        fs::Permissions::from_mode(0o755),
+    )?;
+    let conf = root.join("etc/dracut.conf.d");
+    fs::create_dir_all(&conf)?;
+    fs::copy(ws.join(DRACUT_CONF), conf.join("90-immuboot.conf"))?;
+    timed_dracut(
+        root,
+        &["--add", "immuboot", "--kver", kver, "/boot/initrd.img"],
+        "with the immuboot module",
+    )
+}
+
+/// `dracut --quiet --no-hostonly --force ARGS` in the root (the last
+/// argument is the output file there); says how long it took and the size.
+fn timed_dracut(root: &Path, args: &[&str], what: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut all = vec!["dracut", "--quiet", "--no-hostonly", "--force"];
+    all.extend(args);
+    chroot_run(root, &all).with_context(|| format!("dracut {what}"))?;
+    let out = args
+        .last()
+        .context("dracut output")?
+        .trim_start_matches('/');
+    eprintln!(
+        "    dracut {what}: {:.1} s, {} bytes",
+        start.elapsed().as_secs_f64(),
+        fs::metadata(root.join(out))?.len()
+    );
+    Ok(())
+}
+
+/// Runs a command chrooted into `root`, with /proc, /sys and /dev mounted
+/// there in a private mount namespace: the mounts are never seen by the
+/// host and vanish with the namespace when the command ends, failed or not.
+fn chroot_run(root: &Path, args: &[&str]) -> Result<()> {
+    const SCRIPT: &str = r#"set -eu
+root=$1
+shift
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=/var/tmp LANG=C.UTF-8 "$@"
+"#;
+    run(Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(root)
+        .args(args))
 }
 
 fn squash(root: &Path, out: &Path, extra: &[&str]) -> Result<()> {
@@ -212,6 +432,7 @@ pub fn write_digests(root: &Path, image: &Path) -> Result<()> {
 /// Test images for the scenarios, in `dir`:
 /// - `panic.img` (PID 1 exits at once: the kernel panics) and `hang.img`
 ///   (PID 1 never starts systemd: only the watchdog ends the boot);
+/// - `broken-systemd.img` (see [`broken_systemd`]);
 /// - `v3.img`, a good newer image, signed with the test key (`v3.img.minisig`,
 ///   `trusted.pub`);
 /// - `rootfs-v4/`, a root file system directory (kernel modules pruned to
@@ -226,18 +447,17 @@ fn test_variants(root: &Path, dir: &Path) -> Result<()> {
         fs::remove_dir_all(dir)?;
     }
     fs::create_dir_all(dir)?;
-    let os_release = root.join("usr/lib/os-release");
+    let os_release = resolve_in_root(root, "usr/lib/os-release")?;
     let good = fs::read_to_string(&os_release)?;
-    let init = root.join("sbin/init");
+    let init = resolve_in_root(root, "sbin/init")?;
     let systemd_link = fs::read_link(&init).ok();
-    let fast_gzip = ["-Xcompression-level", "1"];
-    let fast: &[&str] = if compression() == "gzip" {
-        &fast_gzip
-    } else {
-        &[]
-    };
+    let fast_opts = fast_squash();
+    let fast = &fast_opts[..];
     let set_version = |root: &Path, v: &str| -> Result<()> {
-        fs::write(root.join("usr/lib/os-release"), with_version(&good, v))?;
+        fs::write(
+            resolve_in_root(root, "usr/lib/os-release")?,
+            with_version(&good, v),
+        )?;
         Ok(())
     };
     set_version(root, "3")?;
@@ -263,6 +483,8 @@ fn test_variants(root: &Path, dir: &Path) -> Result<()> {
         Some(target) => symlink(target, &init)?,
         None => bail!("{} was not a symlink to systemd", init.display()),
     }
+    set_version(root, "3-broken-systemd")?;
+    broken_systemd(root, &dir.join("broken-systemd.img"))?;
     fs::write(&os_release, &good)?;
 
     // Signed v3, with the key pair kept beside the build output.
@@ -338,15 +560,49 @@ fn test_variants(root: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The root with `/usr/lib/systemd/systemd` replaced by a script that
+/// says so and exits 1, squashed fast into `out`: both kinds of initramfs
+/// fail at the same point with it (the standalone init execs /sbin/init,
+/// a link to that binary; dracut's switch-root execs that binary). The
+/// root is as before afterwards.
+fn broken_systemd(root: &Path, out: &Path) -> Result<()> {
+    let bin = resolve_in_root(root, "usr/lib/systemd/systemd")?;
+    let saved = root.with_file_name("systemd.saved");
+    let _ = fs::remove_file(&saved);
+    fs::rename(&bin, &saved)?;
+    let result = (|| {
+        fs::write(
+            &bin,
+            "#!/bin/sh\necho 'test image: systemd fails to start'\nexit 1\n",
+        )?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+        squash(root, out, &fast_squash())
+    })();
+    fs::remove_file(&bin)?;
+    fs::rename(&saved, &bin)?;
+    result
+}
+
+/// mksquashfs options of the test images: gzip level 1 (they only have to
+/// boot in tests).
+fn fast_squash() -> Vec<&'static str> {
+    if compression() == "gzip" {
+        vec!["-Xcompression-level", "1"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// os-release text with IMAGE_VERSION and PRETTY_NAME set to `version`.
 fn with_version(os_release: &str, version: &str) -> String {
+    let distro = distro_name(os_release);
     os_release
         .lines()
         .map(|l| {
             if l.starts_with("IMAGE_VERSION=") {
                 format!("IMAGE_VERSION={version}\n")
             } else if l.starts_with("PRETTY_NAME=") {
-                format!("PRETTY_NAME=\"immuboot demo {version} (Debian GNU/Linux 12)\"\n")
+                format!("PRETTY_NAME=\"{}\"\n", pretty_name(version, &distro))
             } else {
                 format!("{l}\n")
             }
@@ -482,4 +738,62 @@ pub fn grub_efi(out: &Path) -> Result<()> {
         .arg(format!("boot/grub/grub.cfg={}", early.display())))
     .context("building the GRUB EFI binary")?;
     stamp.record(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distro_from_os_release() {
+        let bookworm = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n";
+        assert_eq!(distro_name(bookworm), "Debian GNU/Linux 12");
+        let trixie = "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\n";
+        assert_eq!(distro_name(trixie), "Debian GNU/Linux 13");
+        let sid = "PRETTY_NAME=\"Debian GNU/Linux forky/sid\"\nNAME=\"Debian GNU/Linux\"\n";
+        assert_eq!(distro_name(sid), "Debian GNU/Linux forky/sid");
+        // The image's own PRETTY_NAME is replaced, the distribution kept.
+        let ours = format!("{trixie}IMAGE_VERSION=2\n");
+        assert_eq!(
+            with_version(&ours, "3"),
+            "PRETTY_NAME=\"immuboot demo 3 (Debian GNU/Linux 13)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nIMAGE_VERSION=3\n"
+        );
+    }
+
+    #[test]
+    fn paths_through_merged_usr_links() {
+        let root = std::env::temp_dir().join(format!("xtask-resolve-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        // trixie: relative links; bookworm's init link is absolute.
+        symlink("usr/sbin", root.join("sbin")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("../lib/systemd/systemd", root.join("usr/sbin/init")).unwrap();
+        assert_eq!(
+            resolve_in_root(&root, "sbin/init").unwrap(),
+            root.join("usr/sbin/init")
+        );
+        assert_eq!(
+            resolve_in_root(&root, "lib/systemd/systemd").unwrap(),
+            root.join("usr/lib/systemd/systemd")
+        );
+        // An absolute directory link stays inside the root.
+        fs::remove_file(root.join("sbin")).unwrap();
+        symlink("/usr/sbin", root.join("sbin")).unwrap();
+        assert_eq!(
+            resolve_in_root(&root, "sbin/init").unwrap(),
+            root.join("usr/sbin/init")
+        );
+        symlink("/../../..", root.join("up")).unwrap();
+        assert_eq!(resolve_in_root(&root, "up/etc").unwrap(), root.join("etc"));
+        // A plain path is itself.
+        assert_eq!(
+            resolve_in_root(&root, "usr/lib/os-release").unwrap(),
+            root.join("usr/lib/os-release")
+        );
+        symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(&root, "loop/x").is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

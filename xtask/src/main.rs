@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod config;
 mod disk;
 mod host;
 mod image;
@@ -12,7 +13,8 @@ mod util;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use disk::{Content, Manifest, PartSpec};
+use config::Config;
+use disk::{About, Content, Manifest, PartSpec};
 use immuboot_assess::{grubenv::GrubEnv, BootState};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,17 +30,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the demo disk (target/immuboot/disk.img); only what changed is rebuilt.
-    Build,
-    /// Build what is missing and boot the demo disk in QEMU on this terminal
-    /// (log in as root, password immuboot; quit with Ctrl-A X). Changes in
-    /// the VM persist in target/immuboot/run/ until the disk is rebuilt.
+    /// Build the demo disk of one configuration: target/immuboot/disk.img
+    /// for the default (bookworm, standalone), else
+    /// target/immuboot/SUITE-INITRAMFS/disk.img; only what changed is rebuilt.
+    Build {
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Build what is missing and boot the demo disk of one configuration in
+    /// QEMU on this terminal (log in as root, password immuboot; quit with
+    /// Ctrl-A X). Changes in the VM persist in run/ beside the disk until the
+    /// disk is rebuilt.
     Run {
+        #[command(flatten)]
+        config: Config,
         /// Start from a fresh copy of the built disk.
         #[arg(long)]
         fresh: bool,
     },
-    /// Run every test: unit tests, then real boots of the demo disk in QEMU.
+    /// Run every test: unit tests, then build the default configuration and
+    /// bookworm-dracut, trixie-standalone and trixie-dracut, then real boots
+    /// in QEMU.
     Test {
         /// Only the unit tests.
         #[arg(long)]
@@ -57,8 +69,8 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Build => build_all().map(|_| ()),
-        Cmd::Run { fresh } => run_vm(fresh),
+        Cmd::Build { config } => build_all(config).map(|_| ()),
+        Cmd::Run { config, fresh } => run_vm(config, fresh),
         Cmd::Test { unit, filter } => test(unit, filter),
         Cmd::Deps => host::ensure(),
         Cmd::Bench => step("host tools", host::ensure)
@@ -108,22 +120,36 @@ fn link_into(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_all() -> Result<Manifest> {
+/// Host tools, root, the static binaries: what every configuration needs.
+fn prepare() -> Result<(PathBuf, PathBuf)> {
     step("host tools", host::ensure)?;
     if !util::is_root() {
-        bail!("building the demo image needs root (mmdebstrap, file ownership in the root file system)");
+        bail!("building the demo image needs root (mmdebstrap, file ownership in the root file system, dracut in a chroot)");
     }
-    let (init, cli) = step("static init and CLI", build_static)?;
+    step("static init and CLI", build_static)
+}
+
+fn build_all(config: Config) -> Result<Manifest> {
+    let (init, cli) = prepare()?;
+    build_config(config, &init, &cli)
+}
+
+/// One configuration's images, disk and payload disk, in its directory.
+fn build_config(config: Config, init: &Path, cli: &Path) -> Result<Manifest> {
+    let suite = config.suite.name();
     let tar = step(
-        "Debian root file system (mmdebstrap, cached)",
-        rootfs::tarball,
+        &format!("Debian {suite} root file system (mmdebstrap, cached)"),
+        || rootfs::tarball(config.suite),
     )?;
-    let images = step("OS images (squashfs)", || image::build(&tar, &init, &cli))?;
-    let out = out_dir();
-    let efi = out.join("BOOTX64.EFI");
+    let images = step(&format!("OS images of {config} (squashfs)"), || {
+        image::build(config, &tar, init, cli)
+    })?;
+    let out = config.out_dir();
+    // One GRUB for every configuration: the host's.
+    let efi = out_dir().join("BOOTX64.EFI");
     step("GRUB EFI binary", || image::grub_efi(&efi))?;
 
-    step("disk image", || {
+    step(&format!("disk image of {config}"), || {
         let parts = out.join("parts");
         if parts.exists() {
             fs::remove_dir_all(&parts)?;
@@ -208,7 +234,12 @@ fn build_all() -> Result<Manifest> {
             &out.join("work"),
             &out.join("disk.img"),
             &stamp,
-            images.initramfs_bytes,
+            About {
+                initramfs_bytes: images.initramfs_bytes,
+                suite: suite.into(),
+                initramfs: config.initramfs.name().into(),
+                kernel_release: images.kernel_release.clone(),
+            },
         )?;
         fs::write(
             out.join("disk.json"),
@@ -219,18 +250,18 @@ fn build_all() -> Result<Manifest> {
     })
     .and_then(|manifest| {
         step("test payload disk", || {
-            test_payload(&images.dir.join("test"))
+            test_payload(&out, &images.dir.join("test"))
         })?;
         Ok(manifest)
     })
 }
 
-/// A second disk for the scenarios (label IMMUBOOT_TEST): the test images a
-/// running guest installs with `immuboot upgrade`.
-fn test_payload(test_images: &Path) -> Result<()> {
-    let out = out_dir().join("payload.img");
+/// A second disk for the scenarios (label IMMUBOOT_TEST), `payload.img` in
+/// `dir`: the test images a running guest installs with `immuboot upgrade`.
+fn test_payload(dir: &Path, test_images: &Path) -> Result<()> {
+    let out = dir.join("payload.img");
     let images_stamp = test_images.with_file_name("a.img.stamp");
-    let stamp = Stamp::default().file(&images_stamp)?.text("payload-v2");
+    let stamp = Stamp::default().file(&images_stamp)?.text("payload-v3");
     if stamp.is_current(&out) {
         return Ok(());
     }
@@ -250,9 +281,9 @@ fn test_payload(test_images: &Path) -> Result<()> {
     stamp.record(&out)
 }
 
-fn run_vm(fresh: bool) -> Result<()> {
-    let manifest = build_all()?;
-    let dir = out_dir().join("run");
+fn run_vm(config: Config, fresh: bool) -> Result<()> {
+    let manifest = build_all(config)?;
+    let dir = config.out_dir().join("run");
     fs::create_dir_all(&dir)?;
     let overlay = dir.join("disk.qcow2");
     let vars = dir.join("OVMF_VARS.fd");
@@ -291,7 +322,14 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     if unit_only {
         return Ok(());
     }
-    build_all()?;
+    let (init, cli) = prepare()?;
+    build_config(Config::default(), &init, &cli)?;
+    // The other configurations: only what their scenarios use.
+    for config in config::EXTRA {
+        step(&format!("configuration {config}"), || {
+            build_config(*config, &init, &cli)
+        })?;
+    }
     let results = out_dir().join("results");
     if results.exists() {
         fs::remove_dir_all(&results)?;

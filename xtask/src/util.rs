@@ -72,6 +72,44 @@ impl Stamp {
         Ok(self)
     }
 
+    /// Every file under `dir` (names, modes, contents, link targets), in
+    /// name order; a missing directory counts as empty.
+    pub fn tree(mut self, dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .flatten()
+                .collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+                let is_dir = e.file_type()?.is_dir();
+                out.push((name.clone(), e.path()));
+                if is_dir {
+                    walk(&e.path(), &name, out)?;
+                }
+            }
+            Ok(())
+        }
+        if !dir.exists() {
+            return Ok(self.text("absent"));
+        }
+        let mut files = Vec::new();
+        walk(dir, "", &mut files)?;
+        for (name, path) in files {
+            let meta = std::fs::symlink_metadata(&path)?;
+            name.hash(&mut self.0);
+            meta.permissions().mode().hash(&mut self.0);
+            if meta.file_type().is_symlink() {
+                std::fs::read_link(&path)?.hash(&mut self.0);
+            } else if meta.is_file() {
+                self = self.file(&path)?;
+            }
+        }
+        Ok(self)
+    }
+
     pub fn hex(&self) -> String {
         format!("{:016x}", self.0.finish())
     }

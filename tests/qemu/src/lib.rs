@@ -19,12 +19,45 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const ROOT_PASSWORD: &str = "immuboot";
 
-/// Where `cargo xtask build` leaves the disk and its description.
+/// Where `cargo xtask build` leaves the disk and its description (the
+/// default configuration: bookworm with the standalone initramfs).
 pub fn artifacts_dir() -> PathBuf {
     match std::env::var_os("IMMUBOOT_ARTIFACTS") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/immuboot"),
     }
+}
+
+/// The name of the default build configuration.
+pub const DEFAULT_CONFIG: &str = "bookworm-standalone";
+
+/// A configuration name as a directory below [`artifacts_dir`]: "" for the
+/// default ("" or `bookworm-standalone`), else the name itself
+/// (`SUITE-INITRAMFS`, as `cargo xtask build --suite S --initramfs K`
+/// builds it).
+pub fn config_subdir(config: &str) -> Result<&str> {
+    if config.is_empty() || config == DEFAULT_CONFIG {
+        return Ok("");
+    }
+    let valid = config
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && config.contains('-')
+        && !config.starts_with('-');
+    if !valid {
+        bail!("not a build configuration name (SUITE-INITRAMFS): {config:?}");
+    }
+    Ok(config)
+}
+
+/// Where `cargo xtask build --suite S --initramfs K` leaves the disk of
+/// configuration `S-K` ("" or `bookworm-standalone`: [`artifacts_dir`]).
+pub fn artifacts_dir_for(config: &str) -> Result<PathBuf> {
+    let base = artifacts_dir();
+    Ok(match config_subdir(config)? {
+        "" => base,
+        sub => base.join(sub),
+    })
 }
 
 /// One partition of the built disk (from disk.json).
@@ -40,15 +73,35 @@ pub struct DiskManifest {
     pub disk: PathBuf,
     pub partitions: Vec<Partition>,
     pub initramfs_bytes: u64,
+    /// Debian suite of the images ("" in a disk.json from before the build
+    /// matrix: bookworm).
+    #[serde(default)]
+    pub suite: String,
+    /// `standalone` or `dracut` ("" in an older disk.json: standalone).
+    #[serde(default)]
+    pub initramfs: String,
+    /// `uname -r` of the images' kernel ("" in an older disk.json).
+    #[serde(default)]
+    pub kernel_release: String,
 }
 
 impl DiskManifest {
+    /// The default configuration's disk.json.
     pub fn load() -> Result<DiskManifest> {
-        let path = artifacts_dir().join("disk.json");
+        DiskManifest::load_for("")
+    }
+
+    /// The disk.json of a configuration (see [`artifacts_dir_for`]).
+    pub fn load_for(config: &str) -> Result<DiskManifest> {
+        let path = artifacts_dir_for(config)?.join("disk.json");
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!("{} missing: run `cargo xtask build` first", path.display())
         })?;
-        Ok(serde_json::from_str(&text)?)
+        DiskManifest::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<DiskManifest> {
+        Ok(serde_json::from_str(text)?)
     }
 
     pub fn partition(&self, label: &str) -> Result<&Partition> {
@@ -106,6 +159,10 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
 /// boots.
 pub struct Machine {
     pub name: String,
+    /// The build configuration whose disk it boots ("" is the default).
+    pub config: String,
+    /// That configuration's build output (disk, payload disk).
+    pub artifacts: PathBuf,
     pub dir: PathBuf,
     pub overlay: PathBuf,
     pub vars: PathBuf,
@@ -119,9 +176,19 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine booting the default configuration's disk.
     pub fn new(name: &str) -> Result<Machine> {
-        let manifest = DiskManifest::load()?;
-        let dir = artifacts_dir().join("vms").join(name);
+        Machine::new_in(name, "")
+    }
+
+    /// A machine booting the disk of build configuration `config` (e.g.
+    /// `trixie-dracut`; "" or `bookworm-standalone` is the default). Its
+    /// directory is `vms/CONFIG-NAME` (`vms/NAME` for the default), so
+    /// machines of the same name in different configurations do not collide.
+    pub fn new_in(name: &str, config: &str) -> Result<Machine> {
+        let manifest = DiskManifest::load_for(config)?;
+        let artifacts = artifacts_dir_for(config)?;
+        let dir = artifacts_dir().join("vms").join(vm_dir_name(name, config)?);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -140,6 +207,8 @@ impl Machine {
         std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
         Ok(Machine {
             name: name.into(),
+            config: config_subdir(config)?.into(),
+            artifacts,
             dir,
             overlay,
             vars,
@@ -165,10 +234,11 @@ impl Machine {
         self
     }
 
-    /// Attaches the test payload disk (label IMMUBOOT_TEST, read-only):
-    /// test images a guest installs with `immuboot upgrade`.
+    /// Attaches the test payload disk of the machine's configuration (label
+    /// IMMUBOOT_TEST, read-only): test images a guest installs with
+    /// `immuboot upgrade`.
     pub fn with_payload(mut self) -> Machine {
-        let payload = artifacts_dir().join("payload.img");
+        let payload = self.artifacts.join("payload.img");
         self.extra_args.extend([
             "-drive".into(),
             format!(
@@ -206,6 +276,15 @@ impl Machine {
         args.extend(self.extra_args.iter().cloned());
         Vm::start(&args, &log)
     }
+}
+
+/// The directory name of machine `name` of configuration `config` below
+/// `vms/`: the name itself for the default, else `CONFIG-NAME`.
+pub fn vm_dir_name(name: &str, config: &str) -> Result<String> {
+    Ok(match config_subdir(config)? {
+        "" => name.to_string(),
+        sub => format!("{sub}-{name}"),
+    })
 }
 
 /// A running QEMU whose serial console we read and type into.
@@ -439,6 +518,50 @@ mod tests {
             Some(0.75)
         );
         assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
+    }
+
+    #[test]
+    fn configuration_directories() {
+        assert_eq!(artifacts_dir_for("").unwrap(), artifacts_dir());
+        assert_eq!(
+            artifacts_dir_for("bookworm-standalone").unwrap(),
+            artifacts_dir()
+        );
+        assert_eq!(
+            artifacts_dir_for("trixie-dracut").unwrap(),
+            artifacts_dir().join("trixie-dracut")
+        );
+        for bad in ["../x", "trixie", "a/b-c", "-x", "Trixie-dracut"] {
+            assert!(artifacts_dir_for(bad).is_err(), "{bad}");
+        }
+        assert_eq!(vm_dir_name("s1-active", "").unwrap(), "s1-active");
+        assert_eq!(
+            vm_dir_name("s1-active", "bookworm-standalone").unwrap(),
+            "s1-active"
+        );
+        assert_eq!(
+            vm_dir_name("s1-active", "trixie-dracut").unwrap(),
+            "trixie-dracut-s1-active"
+        );
+    }
+
+    #[test]
+    fn manifest_old_and_new() {
+        let old = r#"{"disk": "/x/disk.img", "partitions": [{"label": "COS_GRUB", "offset": 1048576, "size": 67108864}], "initramfs_bytes": 1990000}"#;
+        let m = DiskManifest::parse(old).unwrap();
+        assert_eq!(m.initramfs_bytes, 1_990_000);
+        assert_eq!(m.partition("COS_GRUB").unwrap().offset, 1 << 20);
+        assert_eq!((m.suite.as_str(), m.kernel_release.as_str()), ("", ""));
+        let new = r#"{"disk": "/x/disk.img", "partitions": [], "initramfs_bytes": 5, "suite": "trixie", "initramfs": "dracut", "kernel_release": "6.12.1+deb13-amd64"}"#;
+        let m = DiskManifest::parse(new).unwrap();
+        assert_eq!(
+            (
+                m.suite.as_str(),
+                m.initramfs.as_str(),
+                m.kernel_release.as_str()
+            ),
+            ("trixie", "dracut", "6.12.1+deb13-amd64")
+        );
     }
 }
 

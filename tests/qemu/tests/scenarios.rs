@@ -1326,8 +1326,25 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     std::fs::write(&kernel, out.stdout)?;
     let initrd = dir.join("dracut-plain.img");
     let args: Vec<String> = [
-        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "1",
-        "-no-reboot", "-nic", "none", "-display", "none", "-serial", "stdio", "-monitor", "none",
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-no-reboot",
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())
