@@ -8,6 +8,7 @@ mod disk;
 mod host;
 mod image;
 mod initramfs;
+mod results;
 mod rootfs;
 mod util;
 
@@ -357,19 +358,16 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 
 /// Prints the figures the scenarios recorded (timings, sizes).
 fn print_results(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+    let results = results::load(dir);
+    if results.is_empty() {
         return;
-    };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    files.sort();
+    }
     eprintln!("==> measured");
-    for f in files {
-        if let Ok(text) = fs::read_to_string(&f) {
-            eprintln!(
-                "    {}: {}",
-                f.file_stem().unwrap_or_default().to_string_lossy(),
-                text.trim()
-            );
-        }
+    for (name, value) in &results {
+        eprintln!("    {name}: {value}");
+    }
+    if let Some(table) = results::initramfs_table(&results) {
+        eprintln!("==> initramfs phase (\"Run /init\" to systemd in the real root, kernel clock) and compressed size");
+        eprint!("{table}");
     }
 }

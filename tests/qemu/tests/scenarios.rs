@@ -1362,8 +1362,14 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     .collect();
     let mut vm = Vm::start(&args, &vm_dir.join("boot1.log"))?;
     // systemd's first line comes from the initrd, the second from the root.
-    vm.expect(r"systemd\[1\]: systemd [^\n]*running in system mode", Duration::from_secs(300))?;
-    vm.expect(r"systemd\[1\]: systemd [^\n]*running in system mode", Duration::from_secs(300))?;
+    vm.expect(
+        r"systemd\[1\]: systemd [^\n]*running in system mode",
+        Duration::from_secs(300),
+    )?;
+    vm.expect(
+        r"systemd\[1\]: systemd [^\n]*running in system mode",
+        Duration::from_secs(300),
+    )?;
     let phase = initramfs_phase(&vm.console())
         .ok_or_else(|| anyhow::anyhow!("no timing lines on the console"))?;
     record_result(
