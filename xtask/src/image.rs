@@ -573,7 +573,9 @@ fn broken_systemd(root: &Path, out: &Path) -> Result<()> {
     let result = (|| {
         fs::write(
             &bin,
-            "#!/bin/sh\necho 'test image: systemd fails to start'\nexit 1\n",
+            // After systemd's switch-root (dracut) standard output is not the
+            // console, so the line goes there directly.
+            "#!/bin/sh\necho 'test image: systemd fails to start' > /dev/console\nexit 1\n",
         )?;
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
         squash(root, out, &fast_squash())
