@@ -78,12 +78,22 @@ impl Initramfs {
     }
 }
 
-/// `DRACUT_VERSION` from the text of an `initrd-release` file.
+/// dracut's version from the text of an `initrd-release` file: its
+/// `DRACUT_VERSION` (written beside the distribution's os-release), or the
+/// `VERSION_ID` of the `ID=dracut` file dracut writes when it has no
+/// os-release to start from (dracut-ng on Debian trixie).
 pub fn dracut_version(initrd_release: &str) -> Option<String> {
-    initrd_release.lines().find_map(|l| {
-        let v = l.trim().strip_prefix("DRACUT_VERSION=")?;
-        let v = v.trim_matches(|c| c == '"' || c == '\'');
-        (!v.is_empty()).then(|| v.to_string())
+    let field = |key: &str| {
+        initrd_release.lines().find_map(|l| {
+            let v = l.trim().strip_prefix(key)?.strip_prefix('=')?;
+            let v = v.trim_matches(|c| c == '"' || c == '\'');
+            (!v.is_empty()).then(|| v.to_string())
+        })
+    };
+    field("DRACUT_VERSION").or_else(|| {
+        (field("ID").as_deref() == Some("dracut"))
+            .then(|| field("VERSION_ID"))
+            .flatten()
     })
 }
 
@@ -190,6 +200,9 @@ mod tests {
             Some("106-5")
         );
         assert_eq!(dracut_version("NAME=x\n"), None);
+        let dracut_ng = "NAME=dracut\nID=dracut\nVERSION_ID=\"106-6\"\nANSI_COLOR=\"0;34\"\n";
+        assert_eq!(dracut_version(dracut_ng).as_deref(), Some("106-6"));
+        assert_eq!(dracut_version("ID=debian\nVERSION_ID=\"13\"\n"), None);
         let old = BootFacts::parse(r#"{"version":1,"init_version":"0.1.0"}"#).unwrap();
         assert_eq!(old.initramfs.kind, InitramfsKind::Standalone);
         let dracut = Initramfs {
