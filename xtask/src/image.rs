@@ -303,6 +303,7 @@ fn dracut_initramfs(root: &Path, kver: &str, init: &Path, plain: &Path) -> Resul
         root,
         &["--kver", kver, &plain_in_root],
         "without the module",
+        &plain.with_extension("log"),
     )?;
     let _ = fs::remove_file(plain);
     fs::rename(root.join(tmp), plain)?;
@@ -331,16 +332,18 @@ fn dracut_initramfs(root: &Path, kver: &str, init: &Path, plain: &Path) -> Resul
         root,
         &["--add", "immuboot", "--kver", kver, "/boot/initrd.img"],
         "with the immuboot module",
+        &plain.with_file_name("dracut.log"),
     )
 }
 
 /// `dracut --quiet --no-hostonly --force ARGS` in the root (the last
-/// argument is the output file there); says how long it took and the size.
-fn timed_dracut(root: &Path, args: &[&str], what: &str) -> Result<()> {
+/// argument is the output file there), its output in `log`; says how long
+/// it took and the size.
+fn timed_dracut(root: &Path, args: &[&str], what: &str, log: &Path) -> Result<()> {
     let start = std::time::Instant::now();
     let mut all = vec!["dracut", "--quiet", "--no-hostonly", "--force"];
     all.extend(args);
-    chroot_run(root, &all).with_context(|| format!("dracut {what}"))?;
+    chroot_run(root, &all, log).with_context(|| format!("dracut {what}"))?;
     let out = args
         .last()
         .context("dracut output")?
@@ -356,7 +359,8 @@ fn timed_dracut(root: &Path, args: &[&str], what: &str) -> Result<()> {
 /// Runs a command chrooted into `root`, with /proc, /sys and /dev mounted
 /// there in a private mount namespace: the mounts are never seen by the
 /// host and vanish with the namespace when the command ends, failed or not.
-fn chroot_run(root: &Path, args: &[&str]) -> Result<()> {
+/// Its output goes to `log`; on failure the error shows the end of it.
+fn chroot_run(root: &Path, args: &[&str], log: &Path) -> Result<()> {
     const SCRIPT: &str = r#"set -eu
 root=$1
 shift
@@ -365,19 +369,26 @@ mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=/var/tmp LANG=C.UTF-8 "$@"
 "#;
-    run(Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            SCRIPT,
-            "sh",
-        ])
+    let out = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c", SCRIPT, "sh"])
         .arg(root)
-        .args(args))
+        .args(args)
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let line = crate::util::describe(&cmd);
+    let status = cmd.status().with_context(|| format!("cannot run {line}"))?;
+    if !status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        bail!(
+            "`{line}` failed ({status}); the end of {}:\n{tail}",
+            log.display()
+        );
+    }
+    Ok(())
 }
 
 fn squash(root: &Path, out: &Path, extra: &[&str]) -> Result<()> {

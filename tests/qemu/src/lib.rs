@@ -506,65 +506,6 @@ pub fn record_result(name: &str, value: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_between_kernel_lines() {
-        let d = "[    1.500000] Run /init as init process\n[    1.600000] immuboot: x\n[    2.250000] systemd[1]: systemd 252 running\n";
-        assert_eq!(
-            dmesg_interval(d, "Run /init as init process", "systemd[1]:"),
-            Some(0.75)
-        );
-        assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
-    }
-
-    #[test]
-    fn configuration_directories() {
-        assert_eq!(artifacts_dir_for("").unwrap(), artifacts_dir());
-        assert_eq!(
-            artifacts_dir_for("bookworm-standalone").unwrap(),
-            artifacts_dir()
-        );
-        assert_eq!(
-            artifacts_dir_for("trixie-dracut").unwrap(),
-            artifacts_dir().join("trixie-dracut")
-        );
-        for bad in ["../x", "trixie", "a/b-c", "-x", "Trixie-dracut"] {
-            assert!(artifacts_dir_for(bad).is_err(), "{bad}");
-        }
-        assert_eq!(vm_dir_name("s1-active", "").unwrap(), "s1-active");
-        assert_eq!(
-            vm_dir_name("s1-active", "bookworm-standalone").unwrap(),
-            "s1-active"
-        );
-        assert_eq!(
-            vm_dir_name("s1-active", "trixie-dracut").unwrap(),
-            "trixie-dracut-s1-active"
-        );
-    }
-
-    #[test]
-    fn manifest_old_and_new() {
-        let old = r#"{"disk": "/x/disk.img", "partitions": [{"label": "COS_GRUB", "offset": 1048576, "size": 67108864}], "initramfs_bytes": 1990000}"#;
-        let m = DiskManifest::parse(old).unwrap();
-        assert_eq!(m.initramfs_bytes, 1_990_000);
-        assert_eq!(m.partition("COS_GRUB").unwrap().offset, 1 << 20);
-        assert_eq!((m.suite.as_str(), m.kernel_release.as_str()), ("", ""));
-        let new = r#"{"disk": "/x/disk.img", "partitions": [], "initramfs_bytes": 5, "suite": "trixie", "initramfs": "dracut", "kernel_release": "6.12.1+deb13-amd64"}"#;
-        let m = DiskManifest::parse(new).unwrap();
-        assert_eq!(
-            (
-                m.suite.as_str(),
-                m.initramfs.as_str(),
-                m.kernel_release.as_str()
-            ),
-            ("trixie", "dracut", "6.12.1+deb13-amd64")
-        );
-    }
-}
-
 /// A local OCI registry (Debian's docker-registry) on 127.0.0.1, for
 /// upgrades pulled by a guest (which reaches it as 10.0.2.2:PORT).
 pub struct Registry {
@@ -630,5 +571,64 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_between_kernel_lines() {
+        let d = "[    1.500000] Run /init as init process\n[    1.600000] immuboot: x\n[    2.250000] systemd[1]: systemd 252 running\n";
+        assert_eq!(
+            dmesg_interval(d, "Run /init as init process", "systemd[1]:"),
+            Some(0.75)
+        );
+        assert_eq!(dmesg_interval(d, "nothing", "systemd"), None);
+    }
+
+    #[test]
+    fn configuration_directories() {
+        assert_eq!(artifacts_dir_for("").unwrap(), artifacts_dir());
+        assert_eq!(
+            artifacts_dir_for("bookworm-standalone").unwrap(),
+            artifacts_dir()
+        );
+        assert_eq!(
+            artifacts_dir_for("trixie-dracut").unwrap(),
+            artifacts_dir().join("trixie-dracut")
+        );
+        for bad in ["../x", "trixie", "a/b-c", "-x", "Trixie-dracut"] {
+            assert!(artifacts_dir_for(bad).is_err(), "{bad}");
+        }
+        assert_eq!(vm_dir_name("s1-active", "").unwrap(), "s1-active");
+        assert_eq!(
+            vm_dir_name("s1-active", "bookworm-standalone").unwrap(),
+            "s1-active"
+        );
+        assert_eq!(
+            vm_dir_name("s1-active", "trixie-dracut").unwrap(),
+            "trixie-dracut-s1-active"
+        );
+    }
+
+    #[test]
+    fn manifest_old_and_new() {
+        let old = r#"{"disk": "/x/disk.img", "partitions": [{"label": "COS_GRUB", "offset": 1048576, "size": 67108864}], "initramfs_bytes": 1990000}"#;
+        let m = DiskManifest::parse(old).unwrap();
+        assert_eq!(m.initramfs_bytes, 1_990_000);
+        assert_eq!(m.partition("COS_GRUB").unwrap().offset, 1 << 20);
+        assert_eq!((m.suite.as_str(), m.kernel_release.as_str()), ("", ""));
+        let new = r#"{"disk": "/x/disk.img", "partitions": [], "initramfs_bytes": 5, "suite": "trixie", "initramfs": "dracut", "kernel_release": "6.12.1+deb13-amd64"}"#;
+        let m = DiskManifest::parse(new).unwrap();
+        assert_eq!(
+            (
+                m.suite.as_str(),
+                m.initramfs.as_str(),
+                m.kernel_release.as_str()
+            ),
+            ("trixie", "dracut", "6.12.1+deb13-amd64")
+        );
     }
 }
