@@ -112,9 +112,10 @@ impl DiskManifest {
     }
 }
 
-/// QEMU arguments for a boot under TCG (never KVM: it hangs on these hosts).
-pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool) -> Vec<String> {
-    let mut args: Vec<String> = [
+/// The machine every boot runs on: q35 under TCG (never KVM: it hangs on
+/// these hosts), one CPU, 1 GiB, and QEMU exits instead of rebooting.
+pub fn tcg_machine_args() -> Vec<String> {
+    [
         "-accel",
         "tcg",
         "-machine",
@@ -127,9 +128,13 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
         "1",
         "-no-reboot",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .to_vec()
+}
+
+/// QEMU arguments for a boot of `disk` through OVMF.
+pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool) -> Vec<String> {
+    let mut args = tcg_machine_args();
     args.extend([
         "-drive".into(),
         format!("if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"),

@@ -657,6 +657,33 @@ fn corrupt_slot_b(vm: &mut Vm, offset: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes `image` into slot b, flips bytes at `offset` of it (the root
+/// file system region) and reboots: the init's digest check on b's trial
+/// boot must catch it, mark b bad and reboot; slot a boots. Returns the VM
+/// logged in on slot a and the seconds it took.
+fn corrupted_root_region_lands_on_slot_a(
+    m: &mut Machine,
+    mut vm: Vm,
+    image: &str,
+    offset: u64,
+    within: Duration,
+) -> Result<(Vm, u64)> {
+    upgrade(&mut vm, image)?;
+    corrupt_slot_b(&mut vm, offset)?;
+    vm.reboot()?;
+    let started = Instant::now();
+    failing_boot(m, "b", "is corrupted", within)?;
+    let mut vm = boot(m)?;
+    let seconds = started.elapsed().as_secs();
+    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       bad") && status.contains("is corrupted: its SHA-256 is"),
+        "{status}"
+    );
+    Ok((vm, seconds))
+}
+
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s15_corrupted_slot_image_is_caught_on_its_first_boot() -> Result<()> {
@@ -666,19 +693,13 @@ fn s15_corrupted_slot_image_is_caught_on_its_first_boot() -> Result<()> {
     mount_payload(&mut vm)?;
 
     // Bytes flipped where the root file system lies: the init's digest check.
-    upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
-    corrupt_slot_b(&mut vm, root_offset)?;
-    vm.reboot()?;
-    let started = Instant::now();
-    failing_boot(&mut m, "b", "is corrupted", Duration::from_secs(120))?;
-    let mut vm = boot(&mut m)?;
-    let root_seconds = started.elapsed().as_secs();
-    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
-    let status = vm.run_ok("immuboot status")?;
-    ensure!(
-        status.contains("slot b:       bad") && status.contains("is corrupted: its SHA-256 is"),
-        "{status}"
-    );
+    let (mut vm, root_seconds) = corrupted_root_region_lands_on_slot_a(
+        &mut m,
+        vm,
+        &format!("{PAYLOAD}/v3.img"),
+        root_offset,
+        Duration::from_secs(120),
+    )?;
 
     // Bytes flipped inside the kernel: GRUB's check, same boot.
     mount_payload(&mut vm)?;
@@ -1184,20 +1205,13 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
 
     // 3. A new slot with flipped bytes in its root file system region: the
     // digest check of its trial boot catches it, the machine lands on a.
-    let offset = root_region_offset(config)?;
-    upgrade(&mut vm, "/run/initramfs/cos-state/cOS/a.img")?;
-    corrupt_slot_b(&mut vm, offset)?;
-    vm.reboot()?;
-    let started = Instant::now();
-    failing_boot(&mut m, "b", "is corrupted", Duration::from_secs(300))?;
-    let mut vm = boot(&mut m)?;
-    let corrupted_seconds = started.elapsed().as_secs();
-    ensure!(booted(&mut vm)? == ("passive".into(), "a".into()));
-    let status = vm.run_ok("immuboot status")?;
-    ensure!(
-        status.contains("slot b:       bad") && status.contains("is corrupted: its SHA-256 is"),
-        "{status}"
-    );
+    let (_vm, corrupted_seconds) = corrupted_root_region_lands_on_slot_a(
+        &mut m,
+        vm,
+        "/run/initramfs/cos-state/cOS/a.img",
+        root_region_offset(config)?,
+        Duration::from_secs(300),
+    )?;
 
     record_result(
         &format!("initramfs-{config}"),
@@ -1325,41 +1339,26 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     ensure!(out.status.success(), "unsquashfs -cat boot/vmlinuz failed");
     std::fs::write(&kernel, out.stdout)?;
     let initrd = dir.join("dracut-plain.img");
-    let args: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-machine",
-        "q35",
-        "-cpu",
-        "max",
-        "-m",
-        "1024",
-        "-smp",
-        "1",
-        "-no-reboot",
-        "-nic",
-        "none",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "-kernel".into(),
-        kernel.display().to_string(),
-        "-initrd".into(),
-        initrd.display().to_string(),
-        "-append".into(),
-        "root=/dev/vda rootfstype=squashfs ro console=ttyS0,115200 printk.devkmsg=on panic=10"
-            .into(),
-        "-drive".into(),
-        format!("file={},if=virtio,format=raw,readonly=on", image.display()),
-    ])
-    .collect();
+    let args: Vec<String> = immuboot_qemu_tests::tcg_machine_args()
+        .into_iter()
+        .chain(
+            [
+                "-nic", "none", "-display", "none", "-serial", "stdio", "-monitor", "none",
+            ]
+            .map(String::from),
+        )
+        .chain([
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            "root=/dev/vda rootfstype=squashfs ro console=ttyS0,115200 printk.devkmsg=on panic=10"
+                .into(),
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw,readonly=on", image.display()),
+        ])
+        .collect();
     let mut vm = Vm::start(&args, &vm_dir.join("boot1.log"))?;
     // systemd's first line comes from the initrd, the second from the root.
     vm.expect(
