@@ -1107,7 +1107,19 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
     ensure!(state.trim() == "active", "multi-user.target: {state}");
     let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
     ensure!(root.starts_with("squashfs ro"), "/ is {root}");
-    ensure!(root_backing_file(&mut vm)? == "/run/initramfs/cos-state/cOS/a.img");
+    // systemd 257 carries /run into the new root as a recursive bind, so
+    // the kernel names the loop's file relative to the initrd's mount of
+    // COS_STATE; the inode says whether it is the file on COS_STATE.
+    let backing = root_backing_file(&mut vm)?;
+    ensure!(backing.ends_with("/cOS/a.img"), "root image {backing}");
+    let same_file = vm.run_ok(
+        "test \"$(losetup -n -O BACK-INO $(findmnt -n -o SOURCE /))\" \
+         = \"$(stat -c %i /run/initramfs/cos-state/cOS/a.img)\" && echo same",
+    )?;
+    ensure!(
+        same_file.trim() == "same",
+        "the root is not COS_STATE's a.img"
+    );
     // root=LABEL=COS_STATE went to immuboot only: COS_STATE is mounted
     // once, read-only, where immuboot put it.
     let state_mounts = vm.run_ok("findmnt -n -o TARGET,OPTIONS -S LABEL=COS_STATE")?;
