@@ -1113,7 +1113,7 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
     let backing = root_backing_file(&mut vm)?;
     ensure!(backing.ends_with("/cOS/a.img"), "root image {backing}");
     let same_file = vm.run_ok(
-        "test \"$(losetup -n -O BACK-INO $(findmnt -n -o SOURCE /))\" \
+        "test \"$(losetup -n --raw -O BACK-INO $(findmnt -n -o SOURCE /) | tr -d ' ')\" \
          = \"$(stat -c %i /run/initramfs/cos-state/cOS/a.img)\" && echo same",
     )?;
     ensure!(
@@ -1243,10 +1243,9 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
 /// line of systemd in the real root. With systemd in the initrd (dracut)
 /// systemd's line appears twice, and the real root's is the last one.
 fn initramfs_phase(dmesg: &str) -> Option<f64> {
-    let ts = |line: &str| -> Option<f64> {
-        let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
-        inner.trim().parse().ok()
-    };
+    // The console may put terminal escapes before the kernel's timestamp.
+    let stamp = regex::Regex::new(r"\[\s*(\d+\.\d+)\]").expect("valid regex");
+    let ts = |line: &str| -> Option<f64> { stamp.captures(line)?[1].parse().ok() };
     let lines: Vec<&str> = dmesg.lines().collect();
     let run_init = lines
         .iter()
@@ -1270,6 +1269,9 @@ fn initramfs_phase_ends_at_the_real_roots_systemd() {
                   [    6.000000] systemd[1]: Switching root.\n\
                   [    7.000000] systemd[1]: systemd 252 running in system mode\n";
     assert_eq!(initramfs_phase(dracut), Some(6.0));
+    let escapes = "[    1.000000] Run /init as init process\n\
+                   \x1b[!p\x1b]104\x07[    4.250000] systemd[1]: systemd 257 running in system mode\n";
+    assert_eq!(initramfs_phase(escapes), Some(3.25));
 }
 
 /// An offset in the configuration's a.img inside the root file system's
