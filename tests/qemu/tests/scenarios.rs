@@ -1112,13 +1112,11 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
     // COS_STATE; the inode says whether it is the file on COS_STATE.
     let backing = root_backing_file(&mut vm)?;
     ensure!(backing.ends_with("/cOS/a.img"), "root image {backing}");
-    let same_file = vm.run_ok(
-        "test \"$(losetup -n --raw -O BACK-INO $(findmnt -n -o SOURCE /) | tr -d ' ')\" \
-         = \"$(stat -c %i /run/initramfs/cos-state/cOS/a.img)\" && echo same",
-    )?;
+    let loop_inode = vm.run_ok("losetup -n --raw -O BACK-INO $(findmnt -n -o SOURCE /)")?;
+    let file_inode = vm.run_ok("stat -c %i /run/initramfs/cos-state/cOS/a.img")?;
     ensure!(
-        same_file.trim() == "same",
-        "the root is not COS_STATE's a.img"
+        loop_inode.trim() == file_inode.trim(),
+        "the root's loop file (inode {loop_inode}) is not COS_STATE's a.img (inode {file_inode})"
     );
     // root=LABEL=COS_STATE went to immuboot only: COS_STATE is mounted
     // once, read-only, where immuboot put it.
