@@ -154,12 +154,9 @@ fn directory_is_squashed_into_the_slot() {
     assert!(status(&sb).contains("active slot:  a"));
 }
 
-#[test]
-fn failure_after_marking_restores_the_state_and_removes_the_temporary() {
-    let sb = Sandbox::new("up-fail", Some("a"));
-    installed(&sb);
-    let before = status(&sb);
-    // A squashfs without a kernel inside: written, then refused.
+/// A squashfs without a kernel inside: an upgrade writes it, then refuses
+/// it (after the slot was marked), so the state must be restored.
+fn image_without_kernel(sb: &Sandbox) -> std::path::PathBuf {
     let root = sb.dir.join("nokernel");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     let img = sb.dir.join("nokernel.img");
@@ -170,6 +167,15 @@ fn failure_after_marking_restores_the_state_and_removes_the_temporary() {
         .status()
         .unwrap()
         .success());
+    img
+}
+
+#[test]
+fn failure_after_marking_restores_the_state_and_removes_the_temporary() {
+    let sb = Sandbox::new("up-fail", Some("a"));
+    installed(&sb);
+    let before = status(&sb);
+    let img = image_without_kernel(&sb);
     let (ok, out) = sb.run(&["upgrade", img.to_str().unwrap()]);
     assert!(
         !ok && out.contains("boot/vmlinuz") && out.contains("unchanged"),
@@ -569,16 +575,7 @@ fn closed_output_does_not_skip_the_restore_of_a_failed_upgrade() {
     let sb = Sandbox::new("up-closed-fail", Some("a"));
     installed(&sb);
     let before = status(&sb);
-    let root = sb.dir.join("nokernel");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    let img = sb.dir.join("nokernel.img");
-    assert!(Command::new("mksquashfs")
-        .arg(&root)
-        .arg(&img)
-        .args(["-noappend", "-quiet", "-no-progress"])
-        .status()
-        .unwrap()
-        .success());
+    let img = image_without_kernel(&sb);
     for json in [true, false] {
         let mut args = vec!["upgrade", img.to_str().unwrap()];
         if json {

@@ -487,16 +487,23 @@ impl Drop for Vm {
     }
 }
 
+/// The kernel's timestamp of a log line (`[    1.234567] ...`), also when
+/// a serial console put terminal escapes before it.
+pub fn kernel_timestamp(line: &str) -> Option<f64> {
+    static STAMP: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let stamp = STAMP.get_or_init(|| Regex::new(r"\[\s*(\d+\.\d+)\]").expect("valid regex"));
+    stamp.captures(line)?[1].parse().ok()
+}
+
 /// Seconds between two kernel log lines in `dmesg` output: from the first
 /// line matching `from` to the first matching `to` after it.
 pub fn dmesg_interval(dmesg: &str, from: &str, to: &str) -> Option<f64> {
-    let ts = |line: &str| -> Option<f64> {
-        let inner = line.trim_start().strip_prefix('[')?.split(']').next()?;
-        inner.trim().parse().ok()
-    };
     let mut lines = dmesg.lines();
-    let start = lines.by_ref().find(|l| l.contains(from)).and_then(ts)?;
-    let end = lines.find(|l| l.contains(to)).and_then(ts)?;
+    let start = lines
+        .by_ref()
+        .find(|l| l.contains(from))
+        .and_then(kernel_timestamp)?;
+    let end = lines.find(|l| l.contains(to)).and_then(kernel_timestamp)?;
     Some(end - start)
 }
 

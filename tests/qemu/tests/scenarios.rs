@@ -4,7 +4,7 @@
 //! in a plain `cargo test` because they need the built disk).
 
 use anyhow::{bail, ensure, Context, Result};
-use immuboot_qemu_tests::{dmesg_interval, record_result, Machine, Vm};
+use immuboot_qemu_tests::{dmesg_interval, kernel_timestamp, record_result, Machine, Vm};
 use serde_json::json;
 
 fn boot(m: &mut Machine) -> Result<Vm> {
@@ -1241,9 +1241,7 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
 /// line of systemd in the real root. With systemd in the initrd (dracut)
 /// systemd's line appears twice, and the real root's is the last one.
 fn initramfs_phase(dmesg: &str) -> Option<f64> {
-    // The console may put terminal escapes before the kernel's timestamp.
-    let stamp = regex::Regex::new(r"\[\s*(\d+\.\d+)\]").expect("valid regex");
-    let ts = |line: &str| -> Option<f64> { stamp.captures(line)?[1].parse().ok() };
+    let ts = kernel_timestamp;
     let lines: Vec<&str> = dmesg.lines().collect();
     let run_init = lines
         .iter()
