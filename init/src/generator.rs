@@ -154,8 +154,8 @@ pub fn write(dir: &Path, outputs: &[Output]) -> Result<()> {
 pub fn main(args: &[String]) -> i32 {
     let early = match args {
         [_normal, early, _late] => PathBuf::from(early),
-        // systemd ≥ 254 may run generators with only the normal directory
-        // in tests; the early directory is what this generator needs.
+        // systemd passes three directories; the early one is what this
+        // generator writes to, so anything else is refused.
         _ => {
             log::error!(
                 "immuboot-generator: expected 3 directories (normal, early, late), got {args:?}"
