@@ -31,17 +31,23 @@ fn image_version(vm: &mut Vm) -> Result<String> {
         .to_string())
 }
 
-#[test]
-#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
-fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
-    let mut m = Machine::new("s1-active")?;
+/// Boots, logs in, and checks that multi-user.target is reached with `/`
+/// a read-only squashfs. Returns the VM and when the login prompt came.
+fn boot_to_multi_user_on_read_only_squashfs(m: &mut Machine) -> Result<(Vm, Duration)> {
     let mut vm = m.boot()?;
     let login_after = vm.login()?;
-
     let state = vm.run_ok("systemctl is-active multi-user.target")?;
     ensure!(state.trim() == "active", "multi-user.target: {state}");
     let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
     ensure!(root.starts_with("squashfs ro"), "/ is {root}");
+    Ok((vm, login_after))
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
+    let mut m = Machine::new("s1-active")?;
+    let (mut vm, login_after) = boot_to_multi_user_on_read_only_squashfs(&mut m)?;
     let backing = root_backing_file(&mut vm)?;
     ensure!(
         backing == "/run/initramfs/cos-state/cOS/a.img",
@@ -1101,12 +1107,7 @@ fn same_boot_in(config: &str, kind: &str) -> Result<()> {
     let mut m = Machine::new_in("boots", config)?.with_payload();
 
     // 1. Boots to multi-user from the active slot's read-only squashfs.
-    let mut vm = m.boot()?;
-    let login_after = vm.login()?;
-    let state = vm.run_ok("systemctl is-active multi-user.target")?;
-    ensure!(state.trim() == "active", "multi-user.target: {state}");
-    let root = vm.run_ok("findmnt -n -o FSTYPE,OPTIONS /")?;
-    ensure!(root.starts_with("squashfs ro"), "/ is {root}");
+    let (mut vm, login_after) = boot_to_multi_user_on_read_only_squashfs(&mut m)?;
     // systemd 257 carries /run into the new root as a recursive bind, so
     // the kernel names the loop's file relative to the initrd's mount of
     // COS_STATE; the inode says whether it is the file on COS_STATE.
