@@ -34,11 +34,13 @@ impl Verify {
 /// What assessing one boot changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assessment {
-    /// The init took this boot off the slot's tries (GRUB did not).
+    /// The init counted this boot (a try off a slot on trial, or an
+    /// unfinished boot of a good slot) because GRUB did not.
     pub counted: bool,
-    /// The active slot used up its tries and was given up (this boot is its
-    /// fallback).
-    pub gave_up: Option<Slot>,
+    /// Slots given up (marked bad) because this boot is their fallback: the
+    /// active slot on trial with no tries left, or a good slot that did not
+    /// finish its last [`crate::UNFINISHED_BOOTS_LIMIT`] boots.
+    pub gave_up: Vec<Slot>,
     /// Why this boot is a fallback, in words for the console and `status`.
     pub fallback: Option<String>,
 }
@@ -46,33 +48,50 @@ pub struct Assessment {
 impl Assessment {
     /// Whether the state changed and must be written.
     pub fn changed(&self) -> bool {
-        self.counted || self.gave_up.is_some()
+        self.counted || !self.gave_up.is_empty()
     }
 }
 
 impl BootState {
     /// The init's part of boot counting, for a boot of `target`:
-    /// - a slot on trial whose boot GRUB did not count (a manual or custom
-    ///   entry; `immuboot.counted` is absent) loses a try here, so manual
-    ///   boots cannot make a failing slot boot forever;
-    /// - when this boot is not the active slot and the active slot is on
-    ///   trial with no tries left, that slot is given up (marked bad): we are
-    ///   its fallback;
+    /// - a boot GRUB did not count (a manual or custom entry;
+    ///   `immuboot.counted` is absent) is counted here: a try off a slot on
+    ///   trial, an unfinished boot of a good one; so manual boots cannot make
+    ///   a failing slot boot forever;
+    /// - a slot this boot is the fallback of is given up (marked bad, with
+    ///   the reason): the active slot on trial with no tries left, and any
+    ///   other slot that was good but did not finish its last
+    ///   [`crate::UNFINISHED_BOOTS_LIMIT`] boots;
     /// - the reason for a fallback boot is worked out before the state
     ///   changes, so it names the original failure.
     pub fn assess_boot(&mut self, target: &BootTarget, counted_by_bootloader: bool) -> Assessment {
         let mut a = Assessment::default();
         if let Some(slot) = target.slot {
-            if matches!(self.health(slot), Health::Trial { .. }) && !counted_by_bootloader {
+            if self.health(slot) != Health::Bad && !counted_by_bootloader {
                 self.count_attempt(slot);
                 a.counted = true;
             }
         }
         a.fallback = self.fallback_reason(target.mode, target.slot);
         let active = self.active_slot;
-        if target.slot != Some(active) && self.health(active) == (Health::Trial { tries: 0 }) {
-            self.mark_bad(active, "used up its boot tries without being marked good");
-            a.gave_up = Some(active);
+        for slot in [active, active.other()] {
+            if target.slot == Some(slot) {
+                continue;
+            }
+            if slot == active && self.health(slot) == (Health::Trial { tries: 0 }) {
+                self.mark_bad(slot, "used up its boot tries without being marked good");
+                a.gave_up.push(slot);
+            } else if self.stopped_finishing(slot) {
+                let n = self.unfinished(slot);
+                self.mark_bad(
+                    slot,
+                    &format!(
+                        "was marked good, but its last {n} boots did not finish (a crash, a \
+                         panic or a reset before boot-complete.target)"
+                    ),
+                );
+                a.gave_up.push(slot);
+            }
         }
         a
     }
@@ -116,6 +135,12 @@ mod tests {
         }
     }
 
+    fn unfinished(mut s: BootState, a: u8, b: u8) -> BootState {
+        s.a_unfinished = a;
+        s.b_unfinished = b;
+        s
+    }
+
     const T2: Health = Health::Trial { tries: 2 };
     const T0: Health = Health::Trial { tries: 0 };
     const G: Health = Health::Good;
@@ -136,12 +161,52 @@ mod tests {
             Option<Slot>,
             Option<&str>,
         )> = vec![
-            // A good slot boots: nothing changes.
+            // A good slot boots, counted by GRUB: nothing changes.
+            (
+                state(A, G, G),
+                target(Active, Some(A)),
+                true,
+                state(A, G, G),
+                false,
+                None,
+                None,
+            ),
+            // A good slot boots from a manual entry: the init counts the
+            // unfinished boot.
             (
                 state(A, G, G),
                 target(Active, Some(A)),
                 false,
-                state(A, G, G),
+                unfinished(state(A, G, G), 1, 0),
+                true,
+                None,
+                None,
+            ),
+            // The good active slot did not finish its last 3 boots, GRUB
+            // fell back to b: a is given up, with the reason.
+            (
+                unfinished(state(A, G, G), 3, 0),
+                target(Passive, Some(B)),
+                true,
+                {
+                    let mut s = state(A, BAD, G);
+                    s.last_failure = Some(
+                        "slot a: was marked good, but its last 3 boots did not finish (a crash, \
+                         a panic or a reset before boot-complete.target)"
+                            .into(),
+                    );
+                    s
+                },
+                false,
+                Some(A),
+                Some("fallback to slot b: slot a, marked good before, did not finish its last 3 boots"),
+            ),
+            // Two unfinished boots are not yet a reason to give up a slot.
+            (
+                unfinished(state(A, G, G), 2, 0),
+                target(Passive, Some(B)),
+                true,
+                unfinished(state(A, G, G), 2, 0),
                 false,
                 None,
                 None,
@@ -166,13 +231,14 @@ mod tests {
                 None,
                 None,
             ),
-            // Manual passive boot while b is on trial: b keeps its tries.
+            // Manual passive boot while b is on trial: b keeps its tries,
+            // the good slot a counts an unfinished boot.
             (
                 state(B, G, T2),
                 target(Passive, Some(A)),
                 false,
-                state(B, G, T2),
-                false,
+                unfinished(state(B, G, T2), 1, 0),
+                true,
                 None,
                 None,
             ),
@@ -235,7 +301,7 @@ mod tests {
             let a = s.assess_boot(&t, counted_by_grub);
             assert_eq!(s, after, "row {i}: state");
             assert_eq!(a.counted, counted, "row {i}: counted");
-            assert_eq!(a.gave_up, gave_up, "row {i}: gave up");
+            assert_eq!(a.gave_up, Vec::from_iter(gave_up), "row {i}: gave up");
             assert_eq!(a.changed(), counted || gave_up.is_some(), "row {i}");
             match (fallback, &a.fallback) {
                 (None, None) => {}
@@ -264,6 +330,19 @@ mod tests {
         ] {
             assert_eq!(policy.applies(t, s), want, "{policy:?} {t:?} {s:?}");
         }
+    }
+
+    #[test]
+    fn recovery_gives_up_every_good_slot_that_stopped_finishing() {
+        let mut s = unfinished(state(Slot::A, G, G), 3, 4);
+        let a = s.assess_boot(&target(Mode::Recovery, None), true);
+        assert_eq!(a.gave_up, vec![Slot::A, Slot::B]);
+        assert_eq!((s.a, s.b), (BAD, BAD));
+        assert_eq!((s.a_unfinished, s.b_unfinished), (0, 0));
+        assert!(a
+            .fallback
+            .unwrap()
+            .starts_with("fallback to recovery: slot a, marked good before, did not finish"));
     }
 
     #[test]

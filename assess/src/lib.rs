@@ -35,6 +35,12 @@ pub mod vars {
     /// Boots left for a slot on trial (0-9); GRUB decrements it before each.
     pub const A_TRIES: &str = "immuboot_a_tries";
     pub const B_TRIES: &str = "immuboot_b_tries";
+    /// Boots of a good slot that GRUB (or the init) started since its last
+    /// boot that finished (`mark-good`, after boot-complete.target, sets it
+    /// back to 0). GRUB counts it up before each boot of a good slot and
+    /// skips the slot once it reaches [`super::UNFINISHED_BOOTS_LIMIT`].
+    pub const A_UNFINISHED: &str = "immuboot_a_unfinished";
+    pub const B_UNFINISHED: &str = "immuboot_b_unfinished";
     /// Why the last slot failed, for `immuboot status` (never read by GRUB).
     pub const LAST_FAILURE: &str = "immuboot_last_failure";
 
@@ -51,11 +57,25 @@ pub mod vars {
             super::Slot::B => B_TRIES,
         }
     }
+
+    pub fn unfinished(slot: super::Slot) -> &'static str {
+        match slot {
+            super::Slot::A => A_UNFINISHED,
+            super::Slot::B => B_UNFINISHED,
+        }
+    }
 }
 
 /// Boots a slot on trial gets before it is given up (configurable per
 /// activation).
 pub const DEFAULT_TRIES: u8 = 3;
+
+/// A good slot whose last this many boots all started and none finished is
+/// no longer booted automatically: a slot that was good can go bad (a
+/// flipped bit in a file systemd needs), and without this GRUB would boot it
+/// forever. The same number is written out in grub.cfg's if-chains (a unit
+/// test compares them).
+pub const UNFINISHED_BOOTS_LIMIT: u8 = 3;
 
 /// What is known about a slot's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +201,11 @@ pub struct BootState {
     pub a: Health,
     pub b: Health,
     pub last_failure: Option<String>,
+    /// See [`vars::A_UNFINISHED`]; only counted while the slot is good.
+    #[serde(default)]
+    pub a_unfinished: u8,
+    #[serde(default)]
+    pub b_unfinished: u8,
 }
 
 impl Default for BootState {
@@ -191,6 +216,8 @@ impl Default for BootState {
             a: Health::Good,
             b: Health::Good,
             last_failure: None,
+            a_unfinished: 0,
+            b_unfinished: 0,
         }
     }
 }
@@ -219,6 +246,7 @@ impl BootState {
         let next = ours(vars::NEXT_ENTRY);
         let health_vars =
             [Slot::A, Slot::B].map(|slot| (ours(vars::state(slot)), ours(vars::tries(slot))));
+        let unfinished_vars = [Slot::A, Slot::B].map(|slot| ours(vars::unfinished(slot)));
         let last_failure = ours(vars::LAST_FAILURE);
         if let Some(v) = active {
             match v.parse() {
@@ -259,6 +287,17 @@ impl BootState {
             };
             *state.health_mut(slot) = health;
         }
+        for (slot, v) in [Slot::A, Slot::B].into_iter().zip(unfinished_vars) {
+            let Some(v) = v else { continue };
+            match v.parse::<u8>() {
+                Ok(n) => *state.unfinished_mut(slot) = n.min(9),
+                // GRUB's if-chains see no count they know: they count from 0.
+                Err(_) => warnings.push(format!(
+                    "{}: {v:?} is not a number; counted as 0",
+                    vars::unfinished(slot)
+                )),
+            }
+        }
         state.last_failure = last_failure;
         (state, warnings)
     }
@@ -277,6 +316,33 @@ impl BootState {
         }
     }
 
+    /// Boots of `slot` started since its last one that finished.
+    pub fn unfinished(&self, slot: Slot) -> u8 {
+        match slot {
+            Slot::A => self.a_unfinished,
+            Slot::B => self.b_unfinished,
+        }
+    }
+
+    pub fn unfinished_mut(&mut self, slot: Slot) -> &mut u8 {
+        match slot {
+            Slot::A => &mut self.a_unfinished,
+            Slot::B => &mut self.b_unfinished,
+        }
+    }
+
+    /// A good slot whose last [`UNFINISHED_BOOTS_LIMIT`] boots all failed to
+    /// finish: GRUB no longer boots it automatically.
+    pub fn stopped_finishing(&self, slot: Slot) -> bool {
+        self.health(slot) == Health::Good && self.unfinished(slot) >= UNFINISHED_BOOTS_LIMIT
+    }
+
+    /// Whether GRUB boots `slot` automatically (the if-chains of grub.cfg's
+    /// `immuboot_may_boot`).
+    pub fn may_boot(&self, slot: Slot) -> bool {
+        self.health(slot).bootable() && !self.stopped_finishing(slot)
+    }
+
     /// What GRUB's config does when no one-shot choice is set: the active
     /// slot if bootable, else the passive one, else recovery; a slot on
     /// trial loses one try. Kept here, beside its unit tests, as the
@@ -286,38 +352,49 @@ impl BootState {
             (Mode::Active, self.active_slot),
             (Mode::Passive, self.active_slot.other()),
         ] {
-            let health = self.health_mut(slot);
-            if health.bootable() {
-                if let Health::Trial { tries } = health {
-                    *tries -= 1;
-                }
+            if self.may_boot(slot) {
+                self.count_attempt(slot);
                 return mode;
             }
         }
         Mode::Recovery
     }
 
-    /// A boot of `slot` that GRUB did not count (a manual or custom entry):
-    /// the init takes the try off itself, so manual boots cannot make a bad
-    /// slot boot forever.
+    /// Counts a boot of `slot` as started: a slot on trial loses a try, a
+    /// good slot gains an unfinished boot (until one finishes). GRUB does this
+    /// for its entries; the init does it for a boot GRUB did not count (a
+    /// manual or custom entry), so manual boots cannot make a failing slot
+    /// boot forever.
     pub fn count_attempt(&mut self, slot: Slot) {
-        if let Health::Trial { tries } = self.health_mut(slot) {
-            *tries = tries.saturating_sub(1);
+        match self.health(slot) {
+            Health::Trial { tries } => {
+                *self.health_mut(slot) = Health::Trial {
+                    tries: tries.saturating_sub(1),
+                }
+            }
+            Health::Good => {
+                let n = self.unfinished_mut(slot);
+                *n = n.saturating_add(1).min(9);
+            }
+            Health::Bad => {}
         }
     }
 
     /// `slot` booted and passed its checks. A fallback slot that is marked
     /// good becomes the active one again, so the failed slot is the one the
     /// next upgrade writes.
+    /// This boot finished: the slot's unfinished boots are cleared.
     pub fn mark_good(&mut self, slot: Slot) {
         *self.health_mut(slot) = Health::Good;
-        if self.active_slot != slot && !self.health(self.active_slot).bootable() {
+        *self.unfinished_mut(slot) = 0;
+        if self.active_slot != slot && !self.may_boot(self.active_slot) {
             self.active_slot = slot;
         }
     }
 
     pub fn mark_bad(&mut self, slot: Slot, reason: &str) {
         *self.health_mut(slot) = Health::Bad;
+        *self.unfinished_mut(slot) = 0;
         self.last_failure = Some(format!("slot {slot}: {reason}"));
     }
 
@@ -327,6 +404,7 @@ impl BootState {
         *self.health_mut(slot) = Health::Trial {
             tries: tries.clamp(1, 9),
         };
+        *self.unfinished_mut(slot) = 0;
     }
 
     /// The slot an upgrade writes, given the slot this system booted (None:
@@ -359,6 +437,13 @@ impl BootState {
     /// Makes the other slot active, if it is known good.
     pub fn rollback(&mut self) -> Result<Slot> {
         let other = self.active_slot.other();
+        if self.stopped_finishing(other) {
+            bail!(
+                "slot {other} did not finish its last {} boots; nothing to roll back to \
+                 (`immuboot mark-active {other}` puts it on trial instead)",
+                self.unfinished(other)
+            );
+        }
         if self.health(other) != Health::Good {
             bail!(
                 "slot {other} is not known good ({:?}); nothing to roll back to",
@@ -378,6 +463,10 @@ impl BootState {
             Health::Trial { tries: 0 } => {
                 format!("slot {active} used up its tries without being marked good")
             }
+            Health::Good if self.stopped_finishing(active) => format!(
+                "slot {active}, marked good before, did not finish its last {} boots",
+                self.unfinished(active)
+            ),
             _ => return None,
         };
         let detail = self
@@ -409,6 +498,11 @@ impl BootState {
             };
             env.set(vars::state(slot), state)?;
             env.set(vars::tries(slot), &tries)?;
+            let unfinished = match (self.health(slot), self.unfinished(slot)) {
+                (Health::Good, n) if n > 0 => n.min(9).to_string(),
+                _ => String::new(),
+            };
+            env.set(vars::unfinished(slot), &unfinished)?;
         }
         // Bounded so the block always fits.
         let failure: String = self
@@ -473,6 +567,8 @@ impl BootState {
         self.last_failure = None;
         self.a = health;
         self.b = health;
+        self.a_unfinished = 0;
+        self.b_unfinished = 0;
     }
 }
 
@@ -550,6 +646,8 @@ mod writer_tests {
                 a: Health::Trial { tries: 2 },
                 b: Health::Trial { tries: 2 },
                 last_failure: None,
+                a_unfinished: 0,
+                b_unfinished: 0,
             }
         );
         s.reset_to(Health::Good);
@@ -746,6 +844,102 @@ mod tests {
             .fallback_reason(Mode::Recovery, None)
             .unwrap()
             .starts_with("fallback to recovery"));
+    }
+
+    #[test]
+    fn a_good_slot_that_stops_finishing_its_boots_falls_back() {
+        let mut s = BootState::default();
+        // A boot that finishes clears the count.
+        assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        assert_eq!(s.a_unfinished, 1);
+        s.mark_good(Slot::A);
+        assert_eq!(s.a_unfinished, 0);
+        // Then slot a goes bad: three boots start, none finishes...
+        for _ in 0..UNFINISHED_BOOTS_LIMIT {
+            assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        }
+        assert!(s.stopped_finishing(Slot::A) && !s.may_boot(Slot::A));
+        // ...so GRUB boots the passive slot, and the reason names it.
+        assert_eq!(s.grub_automatic_choice(), Mode::Passive);
+        assert_eq!(s.b_unfinished, 1);
+        assert!(s
+            .fallback_reason(Mode::Passive, Some(Slot::B))
+            .unwrap()
+            .contains("slot a, marked good before, did not finish its last 3 boots"));
+        // The fallback finishes: b becomes active, a is not rolled back to.
+        s.mark_good(Slot::B);
+        assert_eq!((s.active_slot, s.b_unfinished), (Slot::B, 0));
+        assert!(s.rollback().is_err());
+        // Both good slots stop finishing: recovery.
+        for _ in 0..UNFINISHED_BOOTS_LIMIT {
+            assert_eq!(s.grub_automatic_choice(), Mode::Active);
+        }
+        assert_eq!(s.grub_automatic_choice(), Mode::Recovery);
+    }
+
+    #[test]
+    fn unfinished_boots_round_trip_and_bad_values_count_as_none() {
+        let mut s = BootState::default();
+        s.count_attempt(Slot::B);
+        s.count_attempt(Slot::B);
+        let mut e = GrubEnv::new();
+        s.store(&mut e).unwrap();
+        assert_eq!(e.get(vars::B_UNFINISHED), Some("2"));
+        assert_eq!(e.get(vars::A_UNFINISHED), Some(""));
+        let (back, w) = BootState::from_env(&e);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(back, s);
+        // Counting saturates at 9, the end of GRUB's if-chain.
+        for _ in 0..20 {
+            s.count_attempt(Slot::B);
+        }
+        assert_eq!(s.b_unfinished, 9);
+        let (s, w) = BootState::from_env(&env(&[(vars::A_UNFINISHED, "x")]));
+        assert_eq!((s.a_unfinished, w.len()), (0, 1), "{w:?}");
+        // Only a good slot counts unfinished boots.
+        let mut s = BootState::default();
+        s.activate_on_trial(Slot::B, 2);
+        s.count_attempt(Slot::B);
+        assert_eq!((s.b, s.b_unfinished), (Health::Trial { tries: 1 }, 0));
+    }
+
+    /// grub.cfg writes the limit out in if-chains (GRUB has no arithmetic):
+    /// the values that stop a good slot and the counting steps must match
+    /// the Rust side.
+    #[test]
+    fn grub_cfg_counts_unfinished_boots_with_the_same_limit() {
+        let cfg = include_str!("../../image/grub/grub.cfg");
+        let stop_line = cfg
+            .lines()
+            .find(|l| l.contains("elif [ \"${un}\" = ") && l.contains(" -o "))
+            .expect("the unfinished-boots limit line in immuboot_may_boot");
+        let stops: Vec<u8> = stop_line
+            .split("\"${un}\" = \"")
+            .skip(1)
+            .map(|p| p[..1].parse().unwrap())
+            .collect();
+        assert_eq!(stops, (UNFINISHED_BOOTS_LIMIT..=9).collect::<Vec<_>>());
+        // The counting chain: unset or 0 → 1, then n → n+1 up to 9.
+        let steps: Vec<(u8, u8)> = cfg
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                let l = l.strip_prefix("elif [ \"${un}\" = \"")?;
+                let (from, rest) = l.split_once('"')?;
+                let to = rest.strip_prefix(" ]; then set more=")?;
+                Some((from.parse().ok()?, to.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(steps, (1..=8).map(|n| (n, n + 1)).collect::<Vec<_>>());
+        assert!(cfg.contains("if [ -z \"${un}\" -o \"${un}\" = \"0\" ]; then set more=1"));
+        for v in [vars::A_UNFINISHED, vars::B_UNFINISHED] {
+            assert!(
+                cfg.lines()
+                    .any(|l| l.starts_with("set immuboot_vars=") && l.contains(v)),
+                "{v} is not loaded by grub.cfg"
+            );
+            assert!(cfg.contains(&format!("save_env -f ${{env_file}} {v}")));
+        }
     }
 
     #[test]

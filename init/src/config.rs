@@ -15,7 +15,7 @@
 //! | `immuboot.shell` | on a fatal error, start a shell before rebooting |
 //! | `immuboot.reboot_delay=SECONDS` | pause before a reboot after a fatal error (default 10) |
 //! | `immuboot.debug`, `rd.immuboot.debug` | log debug details |
-//! | `immuboot.counted=1` | GRUB already counted this boot of a slot on trial |
+//! | `immuboot.counted=1` | GRUB already counted this boot (a try of a slot on trial, an unfinished boot of a good one) |
 //! | `immuboot.verify=trial\|always\|never` | check the image's SHA-256 before switch_root: on a slot's trial boots (default), every boot, or never |
 //! | `immuboot.watchdog=SECONDS` | watchdog timeout armed before switch_root, until systemd takes over (default 60, 0 = off) |
 //! | `init=PATH` | program to run in the new root (default /sbin/init) |
@@ -42,7 +42,7 @@ pub struct InitConfig {
     pub shell_on_failure: bool,
     pub reboot_delay: Duration,
     pub debug: bool,
-    /// `immuboot.counted=1`: GRUB already took this boot off the slot's tries.
+    /// `immuboot.counted=1`: GRUB already counted this boot of the slot.
     pub counted_by_bootloader: bool,
     pub verify: Verify,
     /// Watchdog timeout armed before switch_root; zero leaves it off.

@@ -3,7 +3,7 @@
 use super::Ctx;
 use crate::upgrade;
 use anyhow::Result;
-use immuboot_assess::{store, Health, Slot};
+use immuboot_assess::{store, BootState, Health, Slot, UNFINISHED_BOOTS_LIMIT};
 use immuboot_mount::facts::InitramfsKind;
 
 fn os_release_field(field: &str) -> Option<String> {
@@ -18,6 +18,18 @@ fn health_text(h: Health) -> String {
         Health::Good => "good".into(),
         Health::Trial { tries } => format!("on trial, {tries} tries left"),
         Health::Bad => "bad".into(),
+    }
+}
+
+/// A good slot's boots that started and did not finish (the running one
+/// counts until it is marked good).
+fn unfinished_text(state: &BootState, slot: Slot) -> String {
+    match (state.health(slot), state.unfinished(slot)) {
+        (Health::Good, n) if n > 0 => format!(
+            ", {n} boot{} not finished (GRUB stops booting it at {UNFINISHED_BOOTS_LIMIT})",
+            if n == 1 { "" } else { "s" }
+        ),
+        _ => String::new(),
     }
 }
 
@@ -137,9 +149,10 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
         .collect();
     for (slot, version) in &versions {
         outln!(
-            "slot {slot}:       {}  (image version {})",
+            "slot {slot}:       {}  (image version {}){}",
             health_text(state.health(*slot)),
-            version.as_deref().unwrap_or("-")
+            version.as_deref().unwrap_or("-"),
+            unfinished_text(state, *slot)
         );
     }
     outln!(

@@ -55,10 +55,14 @@ pub fn select<S: Syscall>(
     if assessment.counted {
         if let (Some(slot), Some(l)) = (target.slot, &b.state) {
             log::info!(
-                "slot {slot} is on trial: counted this boot ({:?})",
-                l.state.health(slot)
+                "GRUB did not count this boot of slot {slot}: counted it here ({:?}, {} unfinished boots)",
+                l.state.health(slot),
+                l.state.unfinished(slot)
             );
         }
+    }
+    for slot in &assessment.gave_up {
+        log::warn!("slot {slot} given up: it is marked bad");
     }
     if let Some(why) = &assessment.fallback {
         log::warn!("{why}");

@@ -448,8 +448,12 @@ impl Vm {
         Ok(out)
     }
 
-    /// Reboots the guest; with -no-reboot QEMU exits at the reset.
+    /// Reboots the guest once its boot has finished (systemd's start-up
+    /// done, so immuboot-mark-good ran): a test's reboot is an operator's,
+    /// not a boot cut short, which the boot counters count as unfinished.
+    /// With -no-reboot QEMU exits at the reset.
     pub fn reboot(mut self) -> Result<()> {
+        self.run("timeout 240 systemctl is-system-running --wait >/dev/null")?;
         self.send("systemctl reboot\n")?;
         self.wait_exit(Duration::from_secs(180))
     }
@@ -485,6 +489,25 @@ impl Drop for Vm {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Where `file`'s first data block starts in the squashfs `image`, for
+/// an image compressed with gzip (zlib streams): the zlib stream whose
+/// first 4 KiB decompress to the file's first 4 KiB. The file must be
+/// larger than a block, so its start is not in a shared fragment.
+pub fn squashfs_block_of(image: &[u8], file: &[u8]) -> Option<usize> {
+    use std::io::Read;
+    let want = &file[..file.len().min(4096)];
+    let mut got = vec![0u8; want.len()];
+    (0..image.len().saturating_sub(2)).find(|&at| {
+        // A zlib header: deflate, 32 KiB window, check bits valid.
+        let (cmf, flg) = (image[at], image[at + 1]);
+        if cmf != 0x78 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
+            return false;
+        }
+        let mut z = flate2::read::ZlibDecoder::new(&image[at..]);
+        z.read_exact(&mut got).is_ok() && got == want
+    })
 }
 
 /// The kernel's timestamp of a log line (`[    1.234567] ...`), also when
@@ -589,6 +612,25 @@ impl Drop for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_compressed_block_that_holds_a_file() {
+        use std::io::Write;
+        let file: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&file[..131072]).unwrap();
+        let block = z.finish().unwrap();
+        // Another zlib stream first, then random-looking bytes.
+        let mut other = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        other.write_all(&[1u8; 9000]).unwrap();
+        let mut image = other.finish().unwrap();
+        image.extend((0..5000u32).map(|i| (i * 31 % 256) as u8));
+        let at = image.len();
+        image.extend(&block);
+        image.extend([0x78, 0xda, 0, 0]);
+        assert_eq!(squashfs_block_of(&image, &file), Some(at));
+        assert_eq!(squashfs_block_of(&image, &[9u8; 5000]), None);
+    }
 
     #[test]
     fn interval_between_kernel_lines() {
