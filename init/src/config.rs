@@ -75,11 +75,43 @@ impl Default for InitConfig {
     }
 }
 
+/// Every `immuboot.*` parameter the init knows; another one is a typo
+/// worth a warning (it would otherwise be ignored without a word).
+const KNOWN_IMMUBOOT_PARAMETERS: &[&str] = &[
+    "immuboot.mode",
+    "immuboot.slot",
+    "immuboot.image",
+    "immuboot.state_label",
+    "immuboot.recovery_label",
+    "immuboot.oem_label",
+    "immuboot.persistent_label",
+    "immuboot.timeout",
+    "immuboot.modules",
+    "immuboot.disable",
+    "immuboot.shell",
+    "immuboot.reboot_delay",
+    "immuboot.debug",
+    "immuboot.counted",
+    "immuboot.verify",
+    "immuboot.watchdog",
+];
+
+/// The longest wait any of the `SECONDS` parameters accepts: an hour. A
+/// larger value is a typo (or 99999999999), not a wish to wait for days.
+const MAX_SECONDS: u64 = 3600;
+
 fn seconds(c: &Cmdline, name: &str, default: Duration, warnings: &mut Vec<String>) -> Duration {
     match c.value(name) {
         None => default,
         Some(v) => match v.parse::<u64>() {
-            Ok(s) => Duration::from_secs(s),
+            Ok(s) if s <= MAX_SECONDS => Duration::from_secs(s),
+            Ok(_) => {
+                warnings.push(format!(
+                    "{name}={v}: more than {MAX_SECONDS} seconds; using {}",
+                    default.as_secs()
+                ));
+                default
+            }
             Err(_) => {
                 warnings.push(format!(
                     "{name}={v}: not a number of seconds; using {}",
@@ -91,9 +123,68 @@ fn seconds(c: &Cmdline, name: &str, default: Duration, warnings: &mut Vec<String
     }
 }
 
+/// An image path from the command line, made absolute; `None` (with a
+/// warning) if it could leave its partition's root or is not a plain path.
+fn image_path(name: &str, v: &str, warnings: &mut Vec<String>) -> Option<String> {
+    use std::path::{Component, Path};
+    let plain = Path::new(v)
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain || v.contains('\0') {
+        warnings.push(format!(
+            "{name}={v}: an image path must stay inside its partition (no `..`); \
+             choosing from the boot state"
+        ));
+        return None;
+    }
+    Some(if v.starts_with('/') {
+        v.to_string()
+    } else {
+        format!("/{v}")
+    })
+}
+
+/// Warnings about parameters that look like ours but are not, and about
+/// ours given more than once with different values (the last one counts).
+fn unknown_and_repeated(c: &Cmdline) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, _) in &c.params {
+        if seen.contains(&k.as_str()) {
+            continue;
+        }
+        seen.push(k);
+        if k.starts_with("immuboot.") && !KNOWN_IMMUBOOT_PARAMETERS.contains(&k.as_str()) {
+            out.push(format!(
+                "{k}: unknown parameter, ignored (known: {})",
+                KNOWN_IMMUBOOT_PARAMETERS.join(", ")
+            ));
+            continue;
+        }
+        if !k.starts_with("immuboot.") && k != "cos-img/filename" {
+            continue;
+        }
+        let values: Vec<&str> = c
+            .params
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_deref().unwrap_or(""))
+            .collect();
+        if values.iter().any(|v| *v != values[0]) {
+            out.push(format!(
+                "{k} is given {} times ({}); the last one counts",
+                values.len(),
+                values.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 impl InitConfig {
     pub fn from_cmdline(c: &Cmdline) -> InitConfig {
         let mut cfg = InitConfig::default();
+        cfg.warnings = unknown_and_repeated(c);
         let w = &mut cfg.warnings;
 
         if let Some(v) = c.value("immuboot.mode") {
@@ -112,17 +203,10 @@ impl InitConfig {
                 )),
             }
         }
-        cfg.request.image = c
-            .value("immuboot.image")
-            .or_else(|| c.value("cos-img/filename"))
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                if v.starts_with('/') {
-                    v.to_string()
-                } else {
-                    format!("/{v}")
-                }
-            });
+        cfg.request.image = ["immuboot.image", "cos-img/filename"]
+            .iter()
+            .find_map(|name| c.value(name).filter(|v| !v.is_empty()).map(|v| (name, v)))
+            .and_then(|(name, v)| image_path(name, v, w));
 
         let label = |names: &[&str], default: &str| {
             names
@@ -243,6 +327,54 @@ mod tests {
         assert_eq!(c.request.slot, None);
         assert_eq!(c.device_timeout, Duration::from_secs(30));
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    }
+
+    /// Bad input at the command line's door: each a warning and the
+    /// default, never a panic or a path outside the partition.
+    #[test]
+    fn hostile_command_lines_warn_and_use_defaults() {
+        let warned = |line: &str, what: &str| {
+            let c = cfg(line);
+            assert!(
+                c.warnings.iter().any(|w| w.contains(what)),
+                "{line}: {:?}",
+                c.warnings
+            );
+            c
+        };
+        let c = warned("immuboot.timeout=-1", "not a number");
+        assert_eq!(c.device_timeout, Duration::from_secs(30));
+        let c = warned("immuboot.timeout=99999999999", "more than 3600 seconds");
+        assert_eq!(c.device_timeout, Duration::from_secs(30));
+        let c = warned("immuboot.watchdog=18446744073709551616", "not a number");
+        assert_eq!(c.watchdog, Duration::from_secs(60));
+        assert_eq!(cfg("immuboot.timeout=3600").device_timeout.as_secs(), 3600);
+        for line in [
+            "immuboot.image=../../etc/shadow",
+            "cos-img/filename=/cOS/../../etc/shadow",
+            "immuboot.image=cOS/..",
+        ] {
+            let c = warned(line, "must stay inside its partition");
+            assert_eq!(c.request.image, None, "{line}");
+        }
+        assert_eq!(
+            cfg("cos-img/filename=cOS/b.img").request.image.as_deref(),
+            Some("/cOS/b.img")
+        );
+        let c = warned("immuboot.tiemout=5", "immuboot.tiemout: unknown parameter");
+        assert_eq!(c.device_timeout, Duration::from_secs(30));
+        let c = warned("immuboot.slot=a immuboot.slot=b", "immuboot.slot is given 2 times (a, b)");
+        assert_eq!(c.request.slot, Some(immuboot_assess::Slot::B));
+        // The same value twice, and parameters of other programs: no word.
+        assert!(cfg("immuboot.slot=a immuboot.slot=a quiet foo.bar=1 console=tty0 console=ttyS0")
+            .warnings
+            .is_empty());
+        let c = warned("immuboot.slot=c", "unknown slot");
+        assert_eq!(c.request.slot, None);
+        // Odd but harmless: empty values, quotes, a lone `=`.
+        for line in ["immuboot.mode= immuboot.slot", "\"immuboot.mode=active", "= == immuboot.=x"] {
+            let _ = cfg(line);
+        }
     }
 
     #[test]
