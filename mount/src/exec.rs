@@ -2,10 +2,10 @@
 //! own: one failure never skips the others, and every outcome is reported.
 
 use crate::plan::{Kind, Op, PlannedMount};
-use crate::syscall::Syscall;
+use crate::syscall::{FileKind, Syscall};
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -63,6 +63,7 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), String> {
             .mkdir_all(path)
             .map_err(|e| format!("cannot create directory {}: {e}", path.display())),
         Op::Mountpoint(path) => {
+            no_symlink_on_the_way(sys, path)?;
             if sys.exists(path) {
                 return Ok(());
             }
@@ -100,8 +101,16 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), String> {
             )
         }),
         Op::SeedIfMissing { from, to } => {
-            if sys.exists(to) {
-                return Ok(());
+            match sys.file_kind(to) {
+                Some(FileKind::Directory) => return Ok(()),
+                Some(_) => {
+                    return Err(format!(
+                        "persistent copy {} is not a directory (hint: move it away on the \
+                         persistent partition; the next boot copies the image's directory again)",
+                        to.display()
+                    ))
+                }
+                None => {}
             }
             seed(sys, from, to).map_err(|e| {
                 format!(
@@ -112,6 +121,27 @@ fn run_op(sys: &dyn Syscall, op: &Op) -> Result<(), String> {
             })
         }
     }
+}
+
+/// A mount on a path through a symlink would land where the link points:
+/// for an absolute link, outside the new root (the init resolves it in the
+/// initramfs), gone at the switch; for a relative one, somewhere the layout
+/// and fstab do not name. So a mount point must be a real directory all
+/// the way.
+fn no_symlink_on_the_way(sys: &dyn Syscall, path: &Path) -> Result<(), String> {
+    for at in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        if let Some(FileKind::Symlink(to)) = sys.file_kind(at) {
+            return Err(format!(
+                "mount point {}: {} is a symlink to {} in the image; a mount there would \
+                 not land at {} (hint: name the directory the link points to in the layout)",
+                path.display(),
+                at.display(),
+                to.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Copies into a temporary name and renames, so an interrupted first boot
@@ -195,6 +225,70 @@ mod tests {
             from: "/sysroot/usr/local/.state/var-log.bind.seeding".into(),
             to: "/sysroot/usr/local/.state/var-log.bind".into()
         }));
+    }
+
+    fn status_of<'a>(out: &'a [Outcome], path: &str) -> &'a Status {
+        &out.iter().find(|o| o.path == path).unwrap().status
+    }
+
+    fn binds(sys: &RecordingSyscall) -> Vec<PathBuf> {
+        sys.recorded()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Bind { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `/home -> /var/home` in the image (as on ostree systems): a bind on
+    /// /sysroot/home would follow the absolute link inside the initramfs and
+    /// vanish at the switch. It fails with the reason; the rest mounts.
+    #[test]
+    fn a_persistent_path_that_is_a_symlink_in_the_image_fails_alone() {
+        let mut sys = image(&["/sysroot/etc", "/sysroot/usr/local", "/sysroot/root"]);
+        sys.not_directories.push((
+            "/sysroot/home".into(),
+            FileKind::Symlink("/var/home".into()),
+        ));
+        // A parent that is a link counts too.
+        sys.not_directories
+            .push(("/sysroot/srv".into(), FileKind::Symlink("var/srv".into())));
+        let out = execute(&sys, &plan(&["/home", "/srv/data", "/root"], &[]));
+        for (path, link) in [("/home", "/sysroot/home"), ("/srv/data", "/sysroot/srv")] {
+            assert!(
+                matches!(status_of(&out, path), Status::Failed { reason }
+                    if reason.contains(&format!("{link} is a symlink to")) && reason.contains("hint")),
+                "{path}: {out:?}"
+            );
+        }
+        assert_eq!(status_of(&out, "/root"), &Status::Mounted);
+        assert_eq!(binds(&sys), [PathBuf::from("/sysroot/root")]);
+    }
+
+    /// A file on COS_PERSISTENT where the persistent copy of a directory
+    /// belongs: that path fails with a hint, nothing is bound over it, and
+    /// the others mount.
+    #[test]
+    fn a_persistent_copy_that_is_a_file_fails_alone_with_a_hint() {
+        let mut sys = image(&[
+            "/sysroot/etc",
+            "/sysroot/usr/local",
+            "/sysroot/root",
+            "/sysroot/var/log",
+        ]);
+        sys.not_directories.push((
+            "/sysroot/usr/local/.state/root.bind".into(),
+            FileKind::Other,
+        ));
+        let out = execute(&sys, &plan(&["/root", "/var/log"], &[]));
+        assert!(
+            matches!(status_of(&out, "/root"), Status::Failed { reason }
+                if reason.contains("root.bind is not a directory") && reason.contains("hint")),
+            "{out:?}"
+        );
+        assert_eq!(status_of(&out, "/var/log"), &Status::Mounted);
+        assert_eq!(binds(&sys), [PathBuf::from("/sysroot/var/log")]);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub trait Syscall {
     fn bind(&self, source: &Path, target: &Path) -> io::Result<()>;
     fn mkdir_all(&self, path: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// What `path` itself is (a symlink is not followed); `None` if nothing.
+    fn file_kind(&self, path: &Path) -> Option<FileKind>;
     /// Copies a directory tree (ownership, modes, symlinks, device nodes).
     /// Replaces `to` if it exists.
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -35,6 +37,16 @@ pub trait Syscall {
     /// Moves a mount to another place (switch_root moves /dev, /proc, /sys
     /// and /run into the new root).
     fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
+}
+
+/// What a path is, for the checks before a mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    /// A symbolic link, and where it points.
+    Symlink(PathBuf),
+    /// A regular file, device node, socket or FIFO.
+    Other,
 }
 
 /// The real thing, via rustix.
@@ -77,6 +89,17 @@ impl Syscall for LinuxSyscall {
 
     fn exists(&self, path: &Path) -> bool {
         path.symlink_metadata().is_ok()
+    }
+
+    fn file_kind(&self, path: &Path) -> Option<FileKind> {
+        let meta = path.symlink_metadata().ok()?;
+        Some(if meta.is_dir() {
+            FileKind::Directory
+        } else if meta.file_type().is_symlink() {
+            FileKind::Symlink(std::fs::read_link(path).unwrap_or_default())
+        } else {
+            FileKind::Other
+        })
     }
 
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -167,6 +190,10 @@ pub enum Call {
 pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
     pub existing: RefCell<Vec<PathBuf>>,
+    /// Paths that are not directories: symlinks (with their target) and
+    /// files (`FileKind::Other`); they exist too. Other existing paths are
+    /// directories.
+    pub not_directories: Vec<(PathBuf, FileKind)>,
     pub failing: Vec<(PathBuf, i32)>,
     /// Paths under which mkdir fails with EROFS (read-only image).
     pub read_only: Vec<PathBuf>,
@@ -252,6 +279,14 @@ impl Syscall for RecordingSyscall {
 
     fn exists(&self, path: &Path) -> bool {
         self.existing.borrow().iter().any(|p| p == path)
+            || self.not_directories.iter().any(|(p, _)| p == path)
+    }
+
+    fn file_kind(&self, path: &Path) -> Option<FileKind> {
+        match self.not_directories.iter().find(|(p, _)| p == path) {
+            Some((_, kind)) => Some(kind.clone()),
+            None => self.exists(path).then_some(FileKind::Directory),
+        }
     }
 
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {

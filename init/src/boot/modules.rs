@@ -55,6 +55,9 @@ impl Syscall for InitSyscall {
     fn exists(&self, path: &Path) -> bool {
         self.linux.exists(path)
     }
+    fn file_kind(&self, path: &Path) -> Option<immuboot_mount::syscall::FileKind> {
+        self.linux.file_kind(path)
+    }
     fn copy_tree(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.linux.copy_tree(from, to)
     }
