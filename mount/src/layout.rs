@@ -69,7 +69,9 @@ impl Layout {
     }
 
     fn validate(&self) -> Result<()> {
-        let mut seen: Vec<&str> = Vec::new();
+        // By state name: two paths kept under one name clash. A map, not a
+        // scan of what was seen: a 64 KiB file holds thousands of paths.
+        let mut seen: std::collections::HashMap<String, &str> = Default::default();
         for (kind, path) in self
             .ephemeral
             .iter()
@@ -80,16 +82,17 @@ impl Layout {
             if kind == "ephemeral" && is_within(path, "/etc") {
                 bail!("ephemeral path {path:?}: /etc is always ephemeral");
             }
-            if seen.contains(&path.as_str()) {
-                bail!("{path:?} is listed twice (a path is either ephemeral or persistent, once)");
+            let name = state_name(path);
+            match seen.get(&name) {
+                Some(other) if other == path => bail!(
+                    "{path:?} is listed twice (a path is either ephemeral or persistent, once)"
+                ),
+                Some(other) => bail!(
+                    "{other:?} and {path:?} would both be kept as {name:?}; rename one of them"
+                ),
+                None => {}
             }
-            if let Some(other) = seen.iter().find(|o| state_name(o) == state_name(path)) {
-                bail!(
-                    "{other:?} and {path:?} would both be kept as {:?}; rename one of them",
-                    state_name(path)
-                );
-            }
-            seen.push(path);
+            seen.insert(name, path);
         }
         let size = self.ephemeral_size.trim_end_matches('%');
         let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
@@ -291,6 +294,46 @@ mod tests {
             "{".repeat(40)
         );
         assert!(!format!("{:#}", Layout::parse(&quoted).unwrap_err()).contains("nested"));
+    }
+
+    /// The other doors of the layout file: random bytes, an alias bomb, a
+    /// huge list. Each is refused with its reason, none hangs or panics.
+    #[test]
+    fn random_bytes_alias_bombs_and_huge_lists_are_refused() {
+        // 100 KB of pseudo-random bytes (a fixed LCG: the same every run).
+        let mut x: u32 = 12345;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&noise);
+        assert!(format!("{:#}", Layout::parse(&text).unwrap_err()).contains("at most"));
+        let short = String::from_utf8_lossy(&noise[..2_000]);
+        assert!(Layout::parse(&short).is_err());
+        // A billion-laughs bomb: nine levels of ten aliases each.
+        let mut bomb = String::from("a0: &a0 [/x, /x, /x, /x, /x, /x, /x, /x, /x, /x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        bomb.push_str("persistent: *a8\n");
+        let e = format!("{:#}", Layout::parse(&bomb).unwrap_err());
+        assert!(e.contains("line"), "{e}");
+        // 10,000 entries do not fit in a layout file.
+        let list: String = (0..10_000).map(|i| format!("  - /srv/d{i}\n")).collect();
+        let e = format!("{:#}", Layout::parse(&format!("persistent:\n{list}")).unwrap_err());
+        assert!(e.contains("at most"), "{e}");
+        // As many as fit, all different: accepted; one repeated: named.
+        let list: String = (0..4_000).map(|i| format!("  - /srv/d{i}\n")).collect();
+        let l = Layout::parse(&format!("persistent:\n{list}")).unwrap();
+        assert_eq!(l.persistent.len(), 4_000);
+        let e = format!(
+            "{:#}",
+            Layout::parse(&format!("persistent:\n{list}  - /srv/d7\n")).unwrap_err()
+        );
+        assert!(e.contains("/srv/d7"), "{e}");
     }
 
     #[test]
