@@ -101,18 +101,32 @@ impl Boot {
     }
 
     /// The block device of a partition: as the boot found it, else udev's
-    /// by-label link.
+    /// by-label link, unless that is a look-alike the boot ignored (a
+    /// partition with our label on another disk: never written).
     pub fn device_of(&self, label: &str) -> Result<PathBuf> {
         if let Some(p) = self.facts().and_then(|f| f.partition(label)) {
             return Ok(p.device.clone());
         }
         let link = Path::new("/dev/disk/by-label").join(label);
-        std::fs::canonicalize(&link).with_context(|| {
+        let device = std::fs::canonicalize(&link).with_context(|| {
             format!(
                 "no partition labelled {label} ({} is missing)",
                 link.display()
             )
-        })
+        })?;
+        let ignored = self.facts().is_some_and(|f| {
+            f.look_alikes
+                .iter()
+                .any(|p| std::fs::canonicalize(&p.device).ok().as_ref() == Some(&device))
+        });
+        if ignored {
+            anyhow::bail!(
+                "no partition labelled {label} on the disk this system booted from; {} is on \
+                 another disk (a look-alike the boot ignored) and is not used",
+                device.display()
+            );
+        }
+        Ok(device)
     }
 
     /// The file system type of a partition, as the boot found it (ext4 when

@@ -236,11 +236,11 @@ fn mount_root(b: &mut Boot, cfg: &InitConfig) -> (FstabEntry, Vec<FstabEntry>) {
 
     let found = b.step("find partitions", |b| {
         let mut warnings = Vec::new();
-        let devices = partitions::find(cfg, &image_label, &mut |w| warnings.push(w))?;
+        let bound = partitions::find(cfg, &image_label, &mut |w| warnings.push(w))?;
         for w in warnings {
             b.warn(w);
         }
-        Ok(partitions::Found::new(devices))
+        Ok(partitions::Found::new(bound.devices, bound.look_alikes))
     });
     found.record(&mut b.facts);
     let image_dev = found.get(&image_label);
@@ -307,11 +307,11 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
     let dev = b.step("find root", |b| {
         if let Some(label) = spec.strip_prefix("LABEL=") {
             let mut warnings = Vec::new();
-            let devices = partitions::find(cfg, label, &mut |w| warnings.push(w))?;
+            let bound = partitions::find(cfg, label, &mut |w| warnings.push(w))?;
             for w in warnings {
                 b.warn(w);
             }
-            partitions::Found::new(devices)
+            partitions::Found::new(bound.devices, bound.look_alikes)
                 .get(label)
                 .with_context(|| format!("no partition labelled {label}"))
         } else if spec.starts_with("/dev/") {

@@ -8,6 +8,7 @@
 //! | `immuboot.slot=a\|b` | slot of an active/passive boot (default: from the boot state) |
 //! | `immuboot.image=PATH`, `cos-img/filename=PATH` | image path on its partition |
 //! | `root=LABEL=X` | label of the partition holding the image (cOS form) |
+//! | `immuboot.state_uuid=UUID` | the file system GRUB booted from (COS_STATE): only partitions on its disk are used |
 //! | `immuboot.state_label=`, `.recovery_label=`, `.oem_label=`, `.persistent_label=`, `rd.cos.oemlabel=` | partition labels |
 //! | `immuboot.timeout=SECONDS` | how long to wait for the image partition (default 30) |
 //! | `immuboot.modules=a,b`, `rd.driver.pre=a,b` | extra kernel modules to load |
@@ -33,6 +34,9 @@ pub struct InitConfig {
     pub labels: Labels,
     /// Label of the partition that holds the image, when `root=LABEL=` names it.
     pub image_label: Option<String>,
+    /// `immuboot.state_uuid`: the UUID of the COS_STATE file system GRUB
+    /// read; binds the boot to that disk.
+    pub state_uuid: Option<String>,
     /// `rd.cos.disable`: boot `root=` as a plain root file system.
     pub disabled: bool,
     pub root_spec: Option<String>,
@@ -58,6 +62,7 @@ impl Default for InitConfig {
             request: BootRequest::default(),
             labels: Labels::default(),
             image_label: None,
+            state_uuid: None,
             disabled: false,
             root_spec: None,
             root_read_write: false,
@@ -82,6 +87,7 @@ const KNOWN_IMMUBOOT_PARAMETERS: &[&str] = &[
     "immuboot.slot",
     "immuboot.image",
     "immuboot.state_label",
+    "immuboot.state_uuid",
     "immuboot.recovery_label",
     "immuboot.oem_label",
     "immuboot.persistent_label",
@@ -220,6 +226,10 @@ impl InitConfig {
         cfg.labels.oem = label(&["immuboot.oem_label", "rd.cos.oemlabel"], &cfg.labels.oem);
         cfg.labels.persistent = label(&["immuboot.persistent_label"], &cfg.labels.persistent);
 
+        cfg.state_uuid = c
+            .value("immuboot.state_uuid")
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         cfg.root_spec = c.value("root").map(str::to_string);
         if let Some(label) = cfg
             .root_spec

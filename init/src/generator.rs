@@ -71,7 +71,12 @@ pub fn plan(cfg: &InitConfig) -> Vec<Output> {
     }
     let mode = resolve_target(&cfg.request, &BootState::default()).mode;
     let label = cfg.image_partition_label(mode);
-    let device_path = format!("/dev/disk/by-label/{label}");
+    // The file system the boot loader read, when it is the image partition:
+    // a look-alike on another disk carries the same label, not the UUID.
+    let device_path = match &cfg.state_uuid {
+        Some(uuid) if label == cfg.labels.state => format!("/dev/disk/by-uuid/{uuid}"),
+        _ => format!("/dev/disk/by-label/{label}"),
+    };
     let device = unit_name_for_path(&device_path, "device");
     let timeout = cfg.device_timeout.as_secs();
     let header = "# Written by immuboot-generator from the kernel command line.\n";
@@ -236,6 +241,21 @@ mod tests {
             path: "initrd-root-fs.target.requires/immuboot-initrd.service".into(),
             target: "/usr/lib/systemd/system/immuboot-initrd.service".into(),
         }));
+    }
+
+    #[test]
+    fn with_the_boot_loaders_uuid_the_wait_is_for_that_file_system() {
+        let out = plan(&cfg(
+            "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.state_uuid=1f2e-a",
+        ));
+        let wants = file(&out, "immuboot-initrd.service.d/50-image-partition.conf");
+        assert!(wants.contains("Wants=dev-disk-by\\x2duuid-1f2e\\x2da.device"), "{wants}");
+        // Recovery lives on its own partition: waited for by label.
+        let out = plan(&cfg(
+            "root=LABEL=COS_RECOVERY immuboot.mode=recovery immuboot.state_uuid=1f2e-a",
+        ));
+        let wants = file(&out, "immuboot-initrd.service.d/50-image-partition.conf");
+        assert!(wants.contains("dev-disk-by\\x2dlabel-COS_RECOVERY.device"), "{wants}");
     }
 
     #[test]

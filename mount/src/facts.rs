@@ -112,6 +112,10 @@ pub struct BootFacts {
     pub labels: Labels,
     /// The partitions with one of [`Labels`]' labels, as found.
     pub partitions: Vec<Partition>,
+    /// Partitions with one of the boot's labels on another disk than the
+    /// one the boot loader read: ignored.
+    #[serde(default)]
+    pub look_alikes: Vec<Partition>,
     pub image_partition: Option<String>,
     pub image_device: Option<PathBuf>,
     pub loop_device: Option<PathBuf>,

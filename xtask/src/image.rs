@@ -747,7 +747,7 @@ pub fn grub_efi(out: &Path) -> Result<()> {
     run(Command::new("grub-mkstandalone")
         .args(["-O", "x86_64-efi", "-o"])
         .arg(out)
-        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test true loadenv efi_gop all_video gzio xzio sleep reboot halt hashsum gcry_sha256")
+        .arg("--modules=part_gpt fat ext2 squash4 loopback search search_label serial terminal linux normal configfile echo test true loadenv efi_gop all_video gzio xzio sleep reboot halt hashsum gcry_sha256 regexp probe")
         .arg(format!("boot/grub/grub.cfg={}", early.display())))
     .context("building the GRUB EFI binary")?;
     stamp.record(out)

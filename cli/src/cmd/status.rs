@@ -100,6 +100,14 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
                 "oem:          {}",
                 or_dash(f.oem_device.as_ref().map(|d| d.display()))
             );
+            for p in &f.look_alikes {
+                outln!(
+                    "IGNORED:      {} on {} ({}, another disk than the one the boot loader read)",
+                    p.label,
+                    p.device.display(),
+                    p.fstype
+                );
+            }
             outln!(
                 "layout:       {}",
                 or_dash(Some(&f.layout_source).filter(|s| !s.is_empty()))

@@ -15,14 +15,19 @@ pub fn fstype(dev: Option<&BlockDevice>) -> &str {
     dev.and_then(|d| d.fstype.as_deref()).unwrap_or("ext4")
 }
 
-/// The partitions found, by label (the first of several with one label).
+/// The partitions found, by label (the first of several with one label),
+/// and those with our labels on another disk, ignored.
 pub struct Found {
     devices: Vec<BlockDevice>,
+    look_alikes: Vec<BlockDevice>,
 }
 
 impl Found {
-    pub fn new(devices: Vec<BlockDevice>) -> Found {
-        Found { devices }
+    pub fn new(devices: Vec<BlockDevice>, look_alikes: Vec<BlockDevice>) -> Found {
+        Found {
+            devices,
+            look_alikes,
+        }
     }
 
     pub fn get(&self, label: &str) -> Option<BlockDevice> {
@@ -45,45 +50,69 @@ impl Found {
                 })
             })
             .collect();
+        facts.look_alikes = self
+            .look_alikes
+            .iter()
+            .map(|d| Partition {
+                label: d.label.clone().unwrap_or_default(),
+                fstype: fstype(Some(d)).to_string(),
+                device: d.path.clone(),
+            })
+            .collect();
     }
+}
+
+/// Our labels, as [`probe::bind_to_boot_disk`] takes them.
+fn our_labels(cfg: &InitConfig) -> [&str; 4] {
+    let l = &cfg.labels;
+    [&l.state, &l.recovery, &l.oem, &l.persistent].map(String::as_str)
+}
+
+fn scan_bound(cfg: &InitConfig) -> probe::Bound {
+    probe::bind_to_boot_disk(
+        probe::scan(),
+        &our_labels(cfg),
+        &cfg.labels.state,
+        cfg.state_uuid.as_deref(),
+    )
 }
 
 /// Waits for the partition holding the image, then takes one more look for
 /// the optional ones (they sit on the same disk, so they appear with it; no
 /// long wait penalises systems that lack them). Warnings go to `warn`.
+/// With `immuboot.state_uuid` only the disk holding that file system
+/// counts: it is waited for even when another disk with our labels is
+/// already there.
 pub fn find(
     cfg: &InitConfig,
     required: &str,
     warn: &mut dyn FnMut(String),
-) -> Result<Vec<BlockDevice>> {
+) -> Result<probe::Bound> {
     let start = Instant::now();
     let mut next_notice = Duration::from_secs(1);
-    let devices = loop {
-        let devices = probe::scan();
-        if !probe::with_label(&devices, required).is_empty() {
-            break devices;
+    let bound = loop {
+        let bound = scan_bound(cfg);
+        let on_boot_disk = cfg.state_uuid.is_none() || bound.unbound.is_none();
+        if on_boot_disk && !probe::with_label(&bound.devices, required).is_empty() {
+            break bound;
         }
         let waited = start.elapsed();
         if waited >= cfg.device_timeout {
-            let seen: Vec<String> = devices
-                .iter()
-                .map(|d| {
-                    format!(
-                        "{} ({})",
-                        d.path.display(),
-                        d.label.as_deref().unwrap_or("no label")
-                    )
-                })
-                .collect();
+            if let (Some(uuid), false) = (&cfg.state_uuid, on_boot_disk) {
+                bail!(
+                    "the boot loader read COS_STATE with UUID {uuid}, and no partition labelled {} \
+                     has it after {} s; partitions on other disks are not used (block devices \
+                     seen: {})",
+                    cfg.labels.state,
+                    cfg.device_timeout.as_secs(),
+                    seen_list(&bound.devices)
+                );
+            }
             bail!(
                 "no partition labelled {required} after {} s; block devices seen: {} \
                  (hint: is the disk driver in the initramfs? add immuboot.modules=DRIVER)",
                 cfg.device_timeout.as_secs(),
-                if seen.is_empty() {
-                    "none".to_string()
-                } else {
-                    seen.join(", ")
-                }
+                seen_list(&bound.devices)
             );
         }
         if waited >= next_notice {
@@ -102,13 +131,32 @@ pub fn find(
             .iter()
             .any(|l| probe::with_label(devs, l).is_empty())
     };
-    let devices = if missing(&devices) {
+    let bound = if missing(&bound.devices) {
         std::thread::sleep(Duration::from_millis(200));
-        probe::scan()
+        let again = scan_bound(cfg);
+        // The boot disk must not get lost between the two looks.
+        if again.unbound.is_none() || cfg.state_uuid.is_none() {
+            again
+        } else {
+            bound
+        }
     } else {
-        devices
+        bound
     };
-    for d in &devices {
+    if let Some(why) = &bound.unbound {
+        log::info!("partitions taken by label from every disk: {why}");
+    }
+    for d in &bound.look_alikes {
+        warn(format!(
+            "ignoring {} on {} ({}): it is on another disk than the COS_STATE the boot loader \
+             read",
+            d.label.as_deref().unwrap_or("?"),
+            d.path.display(),
+            d.disk.as_deref().unwrap_or("?")
+        ));
+    }
+    let devices = &bound.devices;
+    for d in devices {
         if let Some(label) = &d.label {
             let same = probe::with_label(&devices, label);
             if same.len() > 1 && same.first().is_some_and(|f| f.path == d.path) {
@@ -135,7 +183,25 @@ pub fn find(
         })
         .collect();
     log::info!("partitions: {}", found.join(" "));
-    Ok(devices)
+    Ok(bound)
+}
+
+fn seen_list(devices: &[BlockDevice]) -> String {
+    let seen: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({})",
+                d.path.display(),
+                d.label.as_deref().unwrap_or("no label")
+            )
+        })
+        .collect();
+    if seen.is_empty() {
+        "none".to_string()
+    } else {
+        seen.join(", ")
+    }
 }
 
 /// Mounts a partition read-only on `at` (created if missing).

@@ -33,6 +33,7 @@ fn state_dev() -> BlockDevice {
         path: "/dev/vda3".into(),
         label: Some("COS_STATE".into()),
         fstype: Some("ext4".into()),
+        ..Default::default()
     }
 }
 
@@ -216,6 +217,7 @@ fn recovery_mounts_its_own_partition_first() {
         path: "/dev/vda4".into(),
         label: Some("COS_RECOVERY".into()),
         fstype: Some("ext4".into()),
+        ..Default::default()
     };
     let target = BootTarget {
         mode: Mode::Recovery,

@@ -177,6 +177,9 @@ pub struct Machine {
     /// QEMU cache mode of the disk: `unsafe` (fast, the default) or
     /// `writeback`, which honours the guest's flushes, for power-cut tests.
     pub disk_cache: &'static str,
+    /// Raw disks attached before the machine's own (they enumerate first:
+    /// `vda`, GRUB's `hd0`).
+    pub disks_first: Vec<PathBuf>,
     boots: usize,
 }
 
@@ -220,6 +223,7 @@ impl Machine {
             manifest,
             extra_args: Vec::new(),
             disk_cache: "unsafe",
+            disks_first: Vec::new(),
             boots: 0,
         })
     }
@@ -254,6 +258,79 @@ impl Machine {
         self
     }
 
+    /// Attaches `disk` (raw) before the machine's own disk, so the guest
+    /// and the firmware see it first.
+    pub fn with_disk_first(mut self, disk: &Path) -> Machine {
+        self.disks_first.push(disk.to_path_buf());
+        self
+    }
+
+    /// Makes a disk that looks like this machine's to a search by label:
+    /// new file systems (new UUIDs) labelled COS_OEM, COS_STATE and
+    /// COS_PERSISTENT; COS_STATE holds `image` as both slots with the
+    /// project's grub.cfg, the others a file `FOREIGN`. Returns its path.
+    pub fn make_look_alike_disk(&self, image: &Path) -> Result<PathBuf> {
+        let work = self.dir.join("look-alike");
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        let state = work.join("state");
+        std::fs::create_dir_all(state.join("cOS"))?;
+        std::fs::create_dir_all(state.join("grub"))?;
+        for slot in ["a.img", "b.img"] {
+            std::fs::copy(image, state.join("cOS").join(slot))
+                .with_context(|| format!("copying {}", image.display()))?;
+        }
+        let grub_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/grub/grub.cfg");
+        std::fs::copy(&grub_cfg, state.join("grub/grub.cfg"))?;
+        let mut parts = Vec::new();
+        for (label, dir) in [
+            ("COS_OEM", work.join("oem")),
+            ("COS_STATE", state.clone()),
+            ("COS_PERSISTENT", work.join("persistent")),
+        ] {
+            if label != "COS_STATE" {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("FOREIGN"), "a look-alike disk\n")?;
+            }
+            let size_mib = dir_size(&dir)? / (1 << 20) + 32;
+            let fs = work.join(format!("{label}.ext4"));
+            run_tool(
+                Command::new("mkfs.ext4")
+                    .args(["-q", "-L", label, "-d"])
+                    .arg(&dir)
+                    .arg(&fs)
+                    .arg(format!("{size_mib}M")),
+                "mkfs.ext4 (package e2fsprogs)",
+            )?;
+            parts.push((fs, size_mib));
+        }
+        let disk = work.join("disk.img");
+        let total_mib: u64 = 2 + parts.iter().map(|(_, s)| s).sum::<u64>();
+        std::fs::File::create(&disk)?.set_len(total_mib << 20)?;
+        let mut start_mib = 1;
+        for (n, (fs, size_mib)) in parts.iter().enumerate() {
+            let n = n + 1;
+            run_tool(
+                Command::new("sgdisk")
+                    .arg(format!("--new={n}:{}M:+{size_mib}M", start_mib))
+                    .arg(format!("--typecode={n}:8300"))
+                    .arg(&disk),
+                "sgdisk (package gdisk)",
+            )?;
+            run_tool(
+                Command::new("dd")
+                    .arg(format!("if={}", fs.display()))
+                    .arg(format!("of={}", disk.display()))
+                    .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+                    .arg(format!("seek={start_mib}")),
+                "dd",
+            )?;
+            start_mib += size_mib;
+        }
+        Ok(disk)
+    }
+
     /// Zeroes the start of a partition inside the overlay, so its file system
     /// (and label) is gone, as if the partition were missing or blank.
     pub fn wipe_partition(&self, label: &str) -> Result<()> {
@@ -279,8 +356,53 @@ impl Machine {
             *a = a.replace("cache=unsafe", &format!("cache={}", self.disk_cache));
         }
         args.extend(self.extra_args.iter().cloned());
+        if !self.disks_first.is_empty() {
+            let own = args
+                .iter()
+                .position(|a| a.starts_with(&format!("file={},", self.overlay.display())))
+                .context("the machine's own -drive argument")?;
+            let first: Vec<String> = self
+                .disks_first
+                .iter()
+                .flat_map(|d| {
+                    [
+                        "-drive".to_string(),
+                        format!("file={},if=virtio,format=raw", d.display()),
+                    ]
+                })
+                .collect();
+            // Before the "-drive" that precedes the machine's own disk.
+            args.splice(own - 1..own - 1, first);
+        }
         Vm::start(&args, &log)
     }
+}
+
+/// Bytes of the files under `dir` (directories and links count nothing).
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The directory name of machine `name` of configuration `config` below

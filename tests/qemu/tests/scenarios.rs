@@ -823,6 +823,46 @@ fn s26_good_slot_that_goes_bad_falls_back_after_three_unfinished_boots() -> Resu
 
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s27_a_second_disk_with_our_labels_does_not_take_over_the_boot() -> Result<()> {
+    let m = Machine::new("s27-look-alike")?;
+    // Version 3 on the look-alike, version 2 in the machine's slot a; the
+    // look-alike is attached first, so it is vda and GRUB's hd0.
+    let foreign = m.make_look_alike_disk(&m.artifacts.join("images/test/v3.img"))?;
+    let mut m = m.with_disk_first(&foreign);
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    ensure!(image_version(&mut vm)? == "2", "booted the look-alike's image");
+    let cmdline = vm.run_ok("cat /proc/cmdline")?;
+    ensure!(cmdline.contains("immuboot.state_uuid="), "{cmdline}");
+    // Every partition of the boot is on the machine's own disk (vdb).
+    for at in ["/run/initramfs/cos-state", "/oem", "/usr/local"] {
+        let source = vm.run_ok(&format!("findmnt -n -o SOURCE {at}"))?;
+        ensure!(source.trim().starts_with("/dev/vdb"), "{at} is {source}");
+    }
+    for marker in ["/oem/FOREIGN", "/usr/local/FOREIGN"] {
+        let (rc, _) = vm.run(&format!("test -e {marker}"))?;
+        ensure!(rc != 0, "{marker}: the look-alike's partition is mounted");
+    }
+    let status = vm.run_ok("immuboot status")?;
+    for label in ["COS_OEM", "COS_STATE", "COS_PERSISTENT"] {
+        ensure!(
+            status.contains(&format!("IGNORED:      {label} on /dev/vda")),
+            "{label} look-alike not named: {status}"
+        );
+    }
+    ensure!(status.contains("image from:   COS_STATE /dev/vdb"), "{status}");
+    // The state the CLI writes is the machine's own: a one-shot choice set
+    // now is GRUB's next boot, read from the same disk.
+    vm.run_ok("immuboot next-boot passive")?;
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "b".into()));
+    ensure!(image_version(&mut vm)? != "3", "booted the look-alike's image");
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s16_signed_squashfs_upgrade_boots_and_a_tampered_one_is_refused() -> Result<()> {
     let mut m = Machine::new("s16-upgrade-squashfs")?.with_payload();
     let mut vm = boot(&mut m)?;
