@@ -148,7 +148,7 @@ pub fn find(
     }
     for d in &bound.look_alikes {
         warn(format!(
-            "ignoring {} on {} ({}): it is on another disk than the COS_STATE the boot loader \
+            "ignoring {} on {} (disk {}): not the disk of the COS_STATE the boot loader \
              read",
             d.label.as_deref().unwrap_or("?"),
             d.path.display(),
