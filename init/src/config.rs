@@ -373,16 +373,25 @@ mod tests {
         );
         let c = warned("immuboot.tiemout=5", "immuboot.tiemout: unknown parameter");
         assert_eq!(c.device_timeout, Duration::from_secs(30));
-        let c = warned("immuboot.slot=a immuboot.slot=b", "immuboot.slot is given 2 times (a, b)");
+        let c = warned(
+            "immuboot.slot=a immuboot.slot=b",
+            "immuboot.slot is given 2 times (a, b)",
+        );
         assert_eq!(c.request.slot, Some(immuboot_assess::Slot::B));
         // The same value twice, and parameters of other programs: no word.
-        assert!(cfg("immuboot.slot=a immuboot.slot=a quiet foo.bar=1 console=tty0 console=ttyS0")
-            .warnings
-            .is_empty());
+        assert!(
+            cfg("immuboot.slot=a immuboot.slot=a quiet foo.bar=1 console=tty0 console=ttyS0")
+                .warnings
+                .is_empty()
+        );
         let c = warned("immuboot.slot=c", "unknown slot");
         assert_eq!(c.request.slot, None);
         // Odd but harmless: empty values, quotes, a lone `=`.
-        for line in ["immuboot.mode= immuboot.slot", "\"immuboot.mode=active", "= == immuboot.=x"] {
+        for line in [
+            "immuboot.mode= immuboot.slot",
+            "\"immuboot.mode=active",
+            "= == immuboot.=x",
+        ] {
             let _ = cfg(line);
         }
     }

@@ -249,13 +249,19 @@ mod tests {
             "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.state_uuid=1f2e-a",
         ));
         let wants = file(&out, "immuboot-initrd.service.d/50-image-partition.conf");
-        assert!(wants.contains("Wants=dev-disk-by\\x2duuid-1f2e\\x2da.device"), "{wants}");
+        assert!(
+            wants.contains("Wants=dev-disk-by\\x2duuid-1f2e\\x2da.device"),
+            "{wants}"
+        );
         // Recovery lives on its own partition: waited for by label.
         let out = plan(&cfg(
             "root=LABEL=COS_RECOVERY immuboot.mode=recovery immuboot.state_uuid=1f2e-a",
         ));
         let wants = file(&out, "immuboot-initrd.service.d/50-image-partition.conf");
-        assert!(wants.contains("dev-disk-by\\x2dlabel-COS_RECOVERY.device"), "{wants}");
+        assert!(
+            wants.contains("dev-disk-by\\x2dlabel-COS_RECOVERY.device"),
+            "{wants}"
+        );
     }
 
     #[test]

@@ -323,7 +323,10 @@ mod tests {
         assert!(e.contains("line"), "{e}");
         // 10,000 entries do not fit in a layout file.
         let list: String = (0..10_000).map(|i| format!("  - /srv/d{i}\n")).collect();
-        let e = format!("{:#}", Layout::parse(&format!("persistent:\n{list}")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Layout::parse(&format!("persistent:\n{list}")).unwrap_err()
+        );
         assert!(e.contains("at most"), "{e}");
         // As many as fit, all different: accepted; one repeated: named.
         let list: String = (0..4_000).map(|i| format!("  - /srv/d{i}\n")).collect();

@@ -117,7 +117,9 @@ pub fn bind_to_boot_disk(
     };
     let anchor = devices.iter().find(|d| {
         d.label.as_deref() == Some(state_label)
-            && d.uuid.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+            && d.uuid
+                .as_deref()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
     });
     let Some(disk) = anchor.and_then(|d| d.disk.clone()) else {
         return Bound {
@@ -204,7 +206,12 @@ mod tests {
             vec![
                 dev(&format!("/dev/{d}2"), "COS_OEM", &format!("{uuid}-2"), d),
                 dev(&format!("/dev/{d}4"), "COS_STATE", uuid, d),
-                dev(&format!("/dev/{d}5"), "COS_PERSISTENT", &format!("{uuid}-5"), d),
+                dev(
+                    &format!("/dev/{d}5"),
+                    "COS_PERSISTENT",
+                    &format!("{uuid}-5"),
+                    d,
+                ),
             ]
         };
         let mut devices = disk("sda", "1111");
@@ -212,11 +219,24 @@ mod tests {
         devices.push(dev("/dev/vdc1", "DATA", "3333", "vdc"));
         let b = bind_to_boot_disk(devices.clone(), OURS, "COS_STATE", Some("ab22"));
         assert_eq!(b.unbound, None);
-        assert_eq!(with_label(&b.devices, "COS_STATE")[0].path, Path::new("/dev/vda4"));
-        assert_eq!(with_label(&b.devices, "COS_OEM")[0].path, Path::new("/dev/vda2"));
+        assert_eq!(
+            with_label(&b.devices, "COS_STATE")[0].path,
+            Path::new("/dev/vda4")
+        );
+        assert_eq!(
+            with_label(&b.devices, "COS_OEM")[0].path,
+            Path::new("/dev/vda2")
+        );
         assert_eq!(with_label(&b.devices, "DATA").len(), 1, "not ours: kept");
         let ignored: Vec<&Path> = b.look_alikes.iter().map(|d| d.path.as_path()).collect();
-        assert_eq!(ignored, [Path::new("/dev/sda2"), Path::new("/dev/sda4"), Path::new("/dev/sda5")]);
+        assert_eq!(
+            ignored,
+            [
+                Path::new("/dev/sda2"),
+                Path::new("/dev/sda4"),
+                Path::new("/dev/sda5")
+            ]
+        );
         // UUIDs compare without case (GRUB may print them either way).
         let b = bind_to_boot_disk(devices.clone(), OURS, "COS_STATE", Some("AB22"));
         assert_eq!(b.look_alikes.len(), 3);

@@ -138,6 +138,64 @@ fn select_image_leaves_the_state_alone_when_grub_counted() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// GRUB fell back to slot b because the good slot a did not finish its
+/// last 3 boots: the init gives a up, with the reason, in one commit.
+#[test]
+fn select_image_gives_up_a_good_slot_that_stopped_finishing_its_boots() {
+    let d = temp("unfinished");
+    let s = BootState {
+        a_unfinished: 3,
+        ..Default::default()
+    };
+    store::save(&d.join("state"), &GrubEnv::new(), &s).unwrap();
+    let mut b = boot(&d, RecordingSyscall::default());
+    let cfg = InitConfig::from_cmdline(&crate::cmdline::Cmdline::parse(
+        "immuboot.mode=passive immuboot.slot=b immuboot.counted=1",
+    ));
+    let target = image::select(&mut b, &cfg, Some(&state_dev())).unwrap();
+    assert_eq!(target.slot, Some(Slot::B));
+    let after = store::load(&d.join("state")).state;
+    assert_eq!((after.a, after.a_unfinished), (Health::Bad, 0));
+    assert!(
+        after
+            .last_failure
+            .as_deref()
+            .unwrap()
+            .contains("its last 3 boots did not finish"),
+        "{after:?}"
+    );
+    assert!(b
+        .facts
+        .fallback
+        .as_deref()
+        .unwrap()
+        .starts_with("fallback to slot b"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// COS_STATE that cannot be made writable (an ext4 error, a read-only
+/// medium): the boot goes on with a warning, the state file as it was.
+#[test]
+fn a_state_that_cannot_be_written_is_a_warning_not_a_failed_boot() {
+    let d = temp("state-ro");
+    b_on_trial(&d);
+    let before = std::fs::read(d.join("state/grub/grubenv")).unwrap();
+    // Calls: mkdir, the read-only mount, then the remount for the commit.
+    let mut b = boot(&d, RecordingSyscall::failing_call(3, 5)); // EIO
+    let target = image::select(&mut b, &InitConfig::default(), Some(&state_dev())).unwrap();
+    assert_eq!(target.slot, Some(Slot::B));
+    assert!(
+        b.facts
+            .warnings
+            .iter()
+            .any(|w| w.contains("cannot write the boot state")),
+        "{:?}",
+        b.facts.warnings
+    );
+    assert_eq!(std::fs::read(d.join("state/grub/grubenv")).unwrap(), before);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn select_image_fails_with_the_device_when_the_state_cannot_be_mounted() {
     let d = temp("nomount");

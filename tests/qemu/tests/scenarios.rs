@@ -788,13 +788,8 @@ fn s26_good_slot_that_goes_bad_falls_back_after_three_unfinished_boots() -> Resu
     vm.reboot()?;
     let started = Instant::now();
     for boot_nr in 1..=3 {
-        failing_boot(
-            &mut m,
-            "a",
-            "SQUASHFS error",
-            Duration::from_secs(300),
-        )
-        .map_err(|e| e.context(format!("failing boot {boot_nr} of slot a")))?;
+        failing_boot(&mut m, "a", "SQUASHFS error", Duration::from_secs(300))
+            .map_err(|e| e.context(format!("failing boot {boot_nr} of slot a")))?;
     }
     // GRUB stops booting slot a; the passive slot b boots by itself.
     let mut vm = boot(&mut m)?;
@@ -831,7 +826,10 @@ fn s27_a_second_disk_with_our_labels_does_not_take_over_the_boot() -> Result<()>
     let mut m = m.with_disk_first(&foreign);
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
-    ensure!(image_version(&mut vm)? == "2", "booted the look-alike's image");
+    ensure!(
+        image_version(&mut vm)? == "2",
+        "booted the look-alike's image"
+    );
     let cmdline = vm.run_ok("cat /proc/cmdline")?;
     ensure!(cmdline.contains("immuboot.state_uuid="), "{cmdline}");
     // Every partition of the boot is on the machine's own disk (vdb).
@@ -850,14 +848,20 @@ fn s27_a_second_disk_with_our_labels_does_not_take_over_the_boot() -> Result<()>
             "{label} look-alike not named: {status}"
         );
     }
-    ensure!(status.contains("image from:   COS_STATE /dev/vdb"), "{status}");
+    ensure!(
+        status.contains("image from:   COS_STATE /dev/vdb"),
+        "{status}"
+    );
     // The state the CLI writes is the machine's own: a one-shot choice set
     // now is GRUB's next boot, read from the same disk.
     vm.run_ok("immuboot next-boot passive")?;
     vm.reboot()?;
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("passive".into(), "b".into()));
-    ensure!(image_version(&mut vm)? != "3", "booted the look-alike's image");
+    ensure!(
+        image_version(&mut vm)? != "3",
+        "booted the look-alike's image"
+    );
     Ok(())
 }
 
