@@ -23,7 +23,33 @@ pub struct InitSyscall {
     modules: RefCell<Option<kmod::Loader>>,
 }
 
+/// File systems whose modules the initramfs carries but does not load at
+/// every boot (`[on-demand]`), with what a mount of them needs: vfat mounts
+/// ask the kernel for the default codepage and charset (Debian: 437,
+/// ascii), which it cannot load by itself without modprobe.
+pub fn on_demand_modules(fstype: &str) -> &'static [&'static str] {
+    match fstype {
+        "vfat" => &["vfat", "nls_cp437", "nls_ascii"],
+        _ => &[],
+    }
+}
+
 impl InitSyscall {
+    /// Loads the on-demand modules a mount of `fstype` needs (a COS_OEM
+    /// made with vfat, as many installs have it).
+    fn load_for_fstype(&self, fstype: &str) {
+        for name in on_demand_modules(fstype) {
+            match kmod::modules_dir().and_then(|d| kmod::load_now(&d, name)) {
+                Ok(report) => {
+                    for e in report.errors {
+                        log::warn!("kernel module for {fstype}: {e}");
+                    }
+                }
+                Err(e) => log::warn!("kernel module {name} for {fstype}: {e:#}"),
+            }
+        }
+    }
+
     pub fn need_module(&self, name: &str) {
         if let Some(loader) = self.modules.borrow_mut().as_mut() {
             loader.wait_for(name);
@@ -44,6 +70,7 @@ impl Syscall for InitSyscall {
         data: &str,
     ) -> io::Result<()> {
         self.need_module(fstype);
+        self.load_for_fstype(fstype);
         self.linux.mount(source, target, fstype, flags, data)
     }
     fn bind(&self, source: &Path, target: &Path) -> io::Result<()> {
@@ -108,5 +135,27 @@ pub fn finish(b: &mut Boot) {
     log::info!("loaded {} kernel modules", report.loaded);
     for e in report.errors.clone() {
         b.warn(format!("kernel module: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a mount loads on demand must be in the initramfs' list, in its
+    /// `[on-demand]` section (else the load fails at boot, not here).
+    #[test]
+    fn on_demand_modules_of_a_mount_are_carried() {
+        let list =
+            kmod::ModuleList::parse(include_str!("../../../image/initramfs-modules")).unwrap();
+        for fstype in ["vfat", "ext4", "squashfs"] {
+            for name in on_demand_modules(fstype) {
+                assert!(
+                    list.on_demand.iter().any(|m| m == name),
+                    "{name} (for {fstype}) is not in [on-demand]"
+                );
+            }
+        }
+        assert_eq!(on_demand_modules("vfat").len(), 3);
     }
 }

@@ -331,6 +331,20 @@ impl Machine {
         Ok(disk)
     }
 
+    /// Writes the file system image `fs` over the partition labelled
+    /// `label` inside the overlay (it must fit).
+    pub fn replace_partition(&self, label: &str, fs: &Path) -> Result<()> {
+        let p = self.manifest.partition(label)?;
+        let len = std::fs::metadata(fs)?.len();
+        run_tool(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c"])
+                .arg(format!("write -q -s {} {} {len}", fs.display(), p.offset))
+                .arg(&self.overlay),
+            "qemu-io (package qemu-utils)",
+        )
+    }
+
     /// Zeroes the start of a partition inside the overlay, so its file system
     /// (and label) is gone, as if the partition were missing or blank.
     pub fn wipe_partition(&self, label: &str) -> Result<()> {

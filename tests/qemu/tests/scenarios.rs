@@ -867,6 +867,62 @@ fn s27_a_second_disk_with_our_labels_does_not_take_over_the_boot() -> Result<()>
 
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s28_a_vfat_oem_partition_is_mounted_as_oem() -> Result<()> {
+    let m = Machine::new("s28-vfat-oem")?;
+    // COS_OEM made with vfat, as many installs of this field have it.
+    let fat = m.dir.join("oem-vfat.img");
+    let marker = m.dir.join("made-with-vfat");
+    std::fs::write(&marker, "vfat\n")?;
+    for (tool, args) in [
+        (
+            "mkfs.vfat",
+            vec![
+                "-n".into(),
+                "COS_OEM".into(),
+                "-C".into(),
+                fat.display().to_string(),
+                "32768".into(),
+            ],
+        ),
+        (
+            "mcopy",
+            vec![
+                "-i".into(),
+                fat.display().to_string(),
+                marker.display().to_string(),
+                "::/made-with-vfat".into(),
+            ],
+        ),
+    ] {
+        let out = std::process::Command::new(tool).args(&args).output()?;
+        ensure!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    m.replace_partition("COS_OEM", &fat)?;
+    let mut m = m;
+    let mut vm = boot(&mut m)?;
+    let oem = vm.run_ok("findmnt -n -o FSTYPE,SOURCE /oem")?;
+    ensure!(
+        oem.split_whitespace().eq(["vfat", "/dev/vda2"]),
+        "/oem is {oem}"
+    );
+    vm.run_ok("test -e /oem/made-with-vfat")?;
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(status.contains("oem:          /dev/vda2"), "{status}");
+    ensure!(
+        !status
+            .lines()
+            .any(|l| l.starts_with("warning:") && l.to_lowercase().contains("oem")),
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s16_signed_squashfs_upgrade_boots_and_a_tampered_one_is_refused() -> Result<()> {
     let mut m = Machine::new("s16-upgrade-squashfs")?.with_payload();
     let mut vm = boot(&mut m)?;
