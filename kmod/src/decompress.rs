@@ -1,7 +1,7 @@
 //! Module files as the kernel wants them: `.ko.xz`, `.ko.zst` and `.ko.gz`
 //! are decompressed in memory, since init_module takes an ELF image.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::io::{Read, Write};
 
 /// The largest module image accepted after decompression. The biggest
