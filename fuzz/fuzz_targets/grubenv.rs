@@ -3,7 +3,7 @@
 //!
 //! Invariants: a block that parses is written back into the same size and
 //! parses back to the same variables; the boot state stored into it reads
-//! back as the same state.
+//! back as the same state (its failure text cut as `store` cuts it).
 #![no_main]
 
 use immuboot_assess::grubenv::GrubEnv;
@@ -37,7 +37,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut stored = env.clone();
     if state.store(&mut stored).is_ok() {
+        // `store` keeps the block fitting: the failure text is cut to 200
+        // characters on one line. Everything else must read back as it was.
+        let mut expected = state.clone();
+        expected.last_failure = state.last_failure.as_ref().map(|f| {
+            f.chars().take(200).collect::<String>().replace('\n', " ")
+        });
         let (again, _) = BootState::from_env(&stored);
-        assert_eq!(again, state, "the boot state changed in a store/read round trip");
+        assert_eq!(again, expected, "the boot state changed in a store/read round trip");
     }
 });
