@@ -64,8 +64,16 @@ fuzz_target!(|data: &[u8]| {
     let out = decompress_bounded(path, file, LIMIT);
     let peak = PEAK.load(Relaxed) - before;
     if let Ok(out) = &out {
-        assert!(out.len() <= LIMIT.max(data.len()), "{} bytes out", out.len());
+        assert!(
+            out.len() <= LIMIT.max(data.len()),
+            "{} bytes out",
+            out.len()
+        );
     }
     let bound = 4 * LIMIT + 3 * data.len() + (16 << 20);
-    assert!(peak <= bound, "{path}: {peak} bytes of heap for a {}-byte file", data.len());
+    assert!(
+        peak <= bound,
+        "{path}: {peak} bytes of heap for a {}-byte file",
+        data.len()
+    );
 });

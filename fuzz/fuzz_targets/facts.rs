@@ -17,5 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = facts.booted_slot();
     let json = facts.to_json().expect("parsed facts must serialise");
     let again = BootFacts::parse(&json).expect("serialised facts must parse");
-    assert_eq!(again.to_json().unwrap(), json, "facts changed in a round trip");
+    assert_eq!(
+        again.to_json().unwrap(),
+        json,
+        "facts changed in a round trip"
+    );
 });

@@ -40,10 +40,14 @@ fuzz_target!(|data: &[u8]| {
         // `store` keeps the block fitting: the failure text is cut to 200
         // characters on one line. Everything else must read back as it was.
         let mut expected = state.clone();
-        expected.last_failure = state.last_failure.as_ref().map(|f| {
-            f.chars().take(200).collect::<String>().replace('\n', " ")
-        });
+        expected.last_failure = state
+            .last_failure
+            .as_ref()
+            .map(|f| f.chars().take(200).collect::<String>().replace('\n', " "));
         let (again, _) = BootState::from_env(&stored);
-        assert_eq!(again, expected, "the boot state changed in a store/read round trip");
+        assert_eq!(
+            again, expected,
+            "the boot state changed in a store/read round trip"
+        );
     }
 });

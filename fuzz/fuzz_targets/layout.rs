@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
     for p in layout.ephemeral.iter().chain(&layout.persistent) {
         assert!(p.starts_with('/'), "relative path accepted: {p:?}");
         assert!(
-            !p[1..].split('/').any(|c| c.is_empty() || c == "." || c == ".."),
+            !p[1..]
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".."),
             "unnormalised path accepted: {p:?}"
         );
     }

@@ -32,5 +32,9 @@ fuzz_target!(|data: &[u8]| {
         v.update(b);
         v.finalize()
     });
-    assert_eq!(whole, streamed.is_ok(), "whole and streamed verification disagree");
+    assert_eq!(
+        whole,
+        streamed.is_ok(),
+        "whole and streamed verification disagree"
+    );
 });

@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
                 .filter(|p| !p.is_empty() && module_name(p) == *name)
                 .last();
             if let Some(path) = path {
-                assert!(order.iter().any(|p| p.path == path), "{name} ({path}) not planned");
+                assert!(
+                    order.iter().any(|p| p.path == path),
+                    "{name} ({path}) not planned"
+                );
             }
         }
     }

@@ -88,7 +88,6 @@ impl Cmdline {
         }
     }
 
-
     /// Parses the command line as the kernel hands it over: bytes. The
     /// kernel does not require UTF-8 (a bootloader entry may carry Latin-1),
     /// and one stray byte must not stop the boot: invalid sequences become

@@ -40,8 +40,12 @@ pub fn decompress_bounded(path: &str, data: Vec<u8>, limit: usize) -> Result<Vec
             .map_err(|e| anyhow::anyhow!("zstd: {e}"))?;
         read_bounded(decoder, &mut out, limit).context("zstd")?;
     } else if path.ends_with(".gz") {
-        read_bounded(flate2::read::GzDecoder::new(data.as_slice()), &mut out, limit)
-            .context("gzip")?;
+        read_bounded(
+            flate2::read::GzDecoder::new(data.as_slice()),
+            &mut out,
+            limit,
+        )
+        .context("gzip")?;
     } else {
         return Ok(data);
     }

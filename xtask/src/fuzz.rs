@@ -131,7 +131,13 @@ fn run_one(dir: &Path, bin_dir: &Path, target: &str, seconds: u64) -> Result<Out
                 std::os::unix::fs::chown(&f, Some(NOBODY), Some(NOBODY))?;
             }
         }
-        cmd.args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        cmd.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ]);
     }
     cmd.arg(bin_dir.join(target))
         .arg(&work)
