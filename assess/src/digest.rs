@@ -50,6 +50,12 @@ pub fn parse(text: &str) -> Result<Vec<Entry>> {
                 n + 1
             );
         };
+        // A control character (a lone '\r' at the end of the text, which
+        // `lines` keeps) would not survive rendering and reading the list
+        // again; sha256sum escapes such names, image files never have them.
+        if name.chars().any(char::is_control) {
+            bail!("line {}: the name {name:?} has a control character", n + 1);
+        }
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("line {}: '{hash}' is not a SHA-256 digest", n + 1);
         }
@@ -237,5 +243,17 @@ mod tests {
         assert!(parse(&format!("{} a.img", "a".repeat(64))).is_err());
         assert!(parse(&format!("{}  ", "a".repeat(64))).is_err());
         assert!(single(&format!("{0}  a\n{0}  b\n", "a".repeat(64))).is_err());
+    }
+
+    /// Found by the `digest_list` fuzz target: a name ending in a lone '\r'
+    /// parsed, but rendered and read back it lost the '\r'.
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let h = "a".repeat(64);
+        let err = parse(&format!("{h}  a.img\r")).unwrap_err();
+        assert!(err.to_string().contains("control character"), "{err}");
+        assert!(parse(&format!("{h}  a\tb\n")).is_err());
+        // CRLF line ends are still line ends.
+        assert_eq!(parse(&format!("{h}  a.img\r\n")).unwrap()[0].name, "a.img");
     }
 }

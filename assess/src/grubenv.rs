@@ -117,8 +117,10 @@ impl GrubEnv {
         };
         let mut bytes = body.iter().copied();
         loop {
-            // One logical line: escaped bytes do not end it.
+            // One logical line: escaped bytes do not end it, and an escaped
+            // '=' does not end the name (grub_envblk_iterate).
             let mut line = Vec::new();
+            let mut eq = None;
             let mut ended = false;
             while let Some(b) = bytes.next() {
                 match b {
@@ -133,22 +135,26 @@ impl GrubEnv {
                         ended = true;
                         break;
                     }
-                    b => line.push(b),
+                    b => {
+                        if b == b'=' && eq.is_none() {
+                            eq = Some(line.len());
+                        }
+                        line.push(b)
+                    }
                 }
             }
-            if !ended && line.is_empty() {
+            // GRUB drops a last line without its newline as broken; reading
+            // it would also make the block one byte too small to write back.
+            if !ended {
                 break;
             }
             if line.first() == Some(&b'#') {
                 continue;
             }
-            if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            if let Some(eq) = eq {
                 let name = line.get(..eq).unwrap_or_default();
                 let raw = line.get(eq + 1..).unwrap_or_default();
                 env.vars.insert(name.to_vec(), unescape(raw));
-            }
-            if !ended {
-                break;
             }
         }
         Ok(env)
@@ -420,5 +426,33 @@ pub(crate) mod tests {
         let err = env.to_block().unwrap_err().to_string();
         assert!(err.contains("more than the 4096-byte block"), "{err}");
         assert_eq!(GrubEnv::new().block_size(), BLOCK_SIZE);
+    }
+
+    /// Found by the `grubenv` fuzz target: a last variable without its
+    /// newline (running into the '#' padding) was read, although GRUB drops
+    /// it as broken, and the block could then not be written back in its
+    /// own size.
+    #[test]
+    fn an_unterminated_last_line_is_dropped_as_grub_does() {
+        let mut block = HEADER.as_bytes().to_vec();
+        block.extend_from_slice(b"kept=1\nimmuboot_last_failure=slot b: image /");
+        block.resize(BLOCK_SIZE, b'#');
+        let env = GrubEnv::parse(&block).unwrap();
+        assert_eq!(env.get("kept"), Some("1"));
+        assert_eq!(env.get("immuboot_last_failure"), None);
+        let back = GrubEnv::parse(&env.to_block().unwrap()).unwrap();
+        assert_eq!(back, env);
+    }
+
+    /// An escaped '=' belongs to the name, as in grub_envblk_iterate.
+    #[test]
+    fn an_escaped_equals_sign_does_not_end_the_name() {
+        let mut block = HEADER.as_bytes().to_vec();
+        block.extend_from_slice(b"a\\=b=c\n");
+        block.resize(BLOCK_SIZE, b'#');
+        let env = GrubEnv::parse(&block).unwrap();
+        let vars: Vec<_> = env.iter_bytes().collect();
+        assert_eq!(vars, [(&b"a\\=b"[..], &b"c"[..])]);
+        assert_eq!(env.to_block().unwrap(), block);
     }
 }

@@ -87,10 +87,18 @@ impl Cmdline {
             Some((_, Some(v))) => !matches!(v.as_str(), "0" | "no" | "false" | "off"),
         }
     }
+
+    /// Parses the command line as the kernel hands it over: bytes. The
+    /// kernel does not require UTF-8 (a bootloader entry may carry Latin-1),
+    /// and one stray byte must not stop the boot: invalid sequences become
+    /// U+FFFD and the other parameters are read as usual.
+    pub fn parse_bytes(bytes: &[u8]) -> Cmdline {
+        Cmdline::parse(&String::from_utf8_lossy(bytes))
+    }
 }
 
 pub fn read() -> std::io::Result<Cmdline> {
-    Ok(Cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?))
+    Ok(Cmdline::parse_bytes(&std::fs::read("/proc/cmdline")?))
 }
 
 #[cfg(test)]
@@ -164,5 +172,15 @@ mod tests {
         assert_eq!(Cmdline::parse(""), Cmdline::default());
         assert_eq!(Cmdline::parse("   \n"), Cmdline::default());
         assert_eq!(Cmdline::parse("a= b").value("a"), Some(""));
+    }
+
+    /// /proc/cmdline was read as a string, so one non-UTF-8 byte (written by
+    /// a bootloader entry, not by us) made reading it fail, and the boot with it.
+    #[test]
+    fn non_utf8_bytes_do_not_stop_the_parse() {
+        let c = Cmdline::parse_bytes(b"root=LABEL=caf\xe9 immuboot.verify=always quiet\n");
+        assert_eq!(c.value("root"), Some("LABEL=caf\u{fffd}"));
+        assert_eq!(c.value("immuboot.verify"), Some("always"));
+        assert!(c.flag("quiet"));
     }
 }

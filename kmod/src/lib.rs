@@ -9,7 +9,7 @@ mod list;
 mod loader;
 
 pub use alias::{fnmatch, present_modaliases, AliasIndex};
-pub use decompress::decompress;
+pub use decompress::{decompress, decompress_bounded, MAX_MODULE_BYTES};
 pub use index::{modules_dir, read_index, ModuleIndex, Planned};
 pub use list::ModuleList;
 pub use loader::{load_now, Loader, Report};

@@ -27,13 +27,13 @@ enum Member {
 }
 
 #[derive(serde::Deserialize)]
-struct ManifestEntry {
+pub(crate) struct ManifestEntry {
     #[serde(rename = "Config")]
-    config: String,
+    pub(crate) config: String,
     #[serde(rename = "RepoTags", default)]
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers")]
-    layers: Vec<String>,
+    pub(crate) layers: Vec<String>,
 }
 
 struct Archive {
@@ -42,7 +42,7 @@ struct Archive {
 }
 
 /// Archive member names without `./` and duplicate slashes.
-fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     name.split('/')
         .filter(|p| !p.is_empty() && *p != ".")
         .collect::<Vec<_>>()
@@ -140,7 +140,7 @@ impl Archive {
 
 /// Applies `..` in an archive member name (link targets use it); refuses to
 /// go above the archive root.
-fn resolve_dots(name: &str) -> Result<String> {
+pub(crate) fn resolve_dots(name: &str) -> Result<String> {
     let mut out: Vec<&str> = Vec::new();
     for part in name.split('/') {
         match part {
@@ -157,13 +157,33 @@ fn resolve_dots(name: &str) -> Result<String> {
 
 /// `blobs/sha256/HEX` (newer `docker save`) or `HEX.json` names carry the
 /// digest of their content.
-fn digest_in_name(name: &str) -> Option<String> {
+pub(crate) fn digest_in_name(name: &str) -> Option<String> {
     let base = name.rsplit('/').next()?;
     let base = base.strip_suffix(".json").unwrap_or(base);
     let digest = format!("sha256:{base}");
     sha256_hex(&digest).ok()?;
     let content_addressed = name.contains("blobs/sha256/") || name.ends_with(".json");
     content_addressed.then_some(digest)
+}
+
+/// The one image entry of a docker-archive's manifest.json.
+pub(crate) fn parse_manifest(bytes: &[u8], shown: &str) -> Result<ManifestEntry> {
+    let mut entries: Vec<ManifestEntry> = serde_json::from_slice(bytes)
+        .with_context(|| format!("parsing manifest.json of {shown}"))?;
+    match entries.len() {
+        1 => Ok(entries.remove(0)),
+        0 => bail!("{shown}: manifest.json lists no image"),
+        many => {
+            let tags: Vec<_> = entries
+                .iter()
+                .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
+                .collect();
+            bail!(
+                "{shown} holds {many} images ({}); save one image per archive",
+                tags.join(", ")
+            )
+        }
+    }
 }
 
 pub(crate) fn unpack(
@@ -176,23 +196,7 @@ pub(crate) fn unpack(
     let manifest_bytes = archive
         .read_small("manifest.json", "manifest.json")
         .with_context(|| format!("{shown} is not a docker-archive"))?;
-    let entries: Vec<ManifestEntry> = serde_json::from_slice(&manifest_bytes)
-        .with_context(|| format!("parsing manifest.json of {shown}"))?;
-    let entry = match entries.as_slice() {
-        [one] => one,
-        [] => bail!("{shown}: manifest.json lists no image"),
-        many => {
-            let tags: Vec<_> = many
-                .iter()
-                .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
-                .collect();
-            bail!(
-                "{shown} holds {} images ({}); save one image per archive",
-                many.len(),
-                tags.join(", ")
-            )
-        }
-    };
+    let entry = &parse_manifest(&manifest_bytes, &shown.to_string())?;
 
     let config_bytes = archive.read_small(&entry.config, "the image config")?;
     let config_digest = sha256_of(&config_bytes);

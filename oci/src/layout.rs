@@ -180,7 +180,10 @@ fn ref_name(desc: &Descriptor) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn choose_tagged<'a>(manifests: &'a [Descriptor], tag: Option<&str>) -> Result<&'a Descriptor> {
+pub(crate) fn choose_tagged<'a>(
+    manifests: &'a [Descriptor],
+    tag: Option<&str>,
+) -> Result<&'a Descriptor> {
     let tags = || {
         let names: Vec<_> = manifests.iter().filter_map(ref_name).collect();
         if names.is_empty() {

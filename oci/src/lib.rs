@@ -352,3 +352,55 @@ extern crate self as immuboot_oci;
 
 #[cfg(test)]
 mod tests;
+
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of bytes an
+/// image's author wrote, without the files around them. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+    use oci_spec::image::{ImageIndex, ImageManifest};
+
+    /// An image layout's JSON as `unpack` reads it: the bytes as an index
+    /// (choosing by tag and by platform), as a manifest (its layers' media
+    /// types) and as a config (platform, diff_ids, labels).
+    pub fn oci_json(bytes: &[u8]) {
+        if let Ok(index) = serde_json::from_slice::<ImageIndex>(bytes) {
+            let _ = layout::choose_tagged(index.manifests(), None);
+            let _ = layout::choose_tagged(index.manifests(), Some("latest"));
+            let _ = layout::choose_platform(index.manifests());
+        }
+        if let Ok(manifest) = serde_json::from_slice::<ImageManifest>(bytes) {
+            let _ = digest::sha256_hex(manifest.config().digest().as_ref());
+            for l in manifest.layers() {
+                let _ = layout::check_layer_media_type(l.media_type().as_ref(), "layer");
+                let _ = digest::sha256_hex(l.digest().as_ref());
+            }
+        }
+        if let Ok(config) = ConfigFile::parse(bytes, "config") {
+            let _ = config.check_platform();
+            let _ = config.layer_diff_ids(1, "fuzz");
+            let _ = config.labels();
+        }
+    }
+
+    /// A docker-archive's manifest.json: the image entry and the names it
+    /// gives, as the archive resolves them.
+    pub fn docker_manifest(bytes: &[u8]) -> Result<()> {
+        let entry = archive::parse_manifest(bytes, "fuzz")?;
+        for name in std::iter::once(&entry.config).chain(&entry.layers) {
+            let _ = archive::digest_in_name(name);
+            let _ = archive::resolve_dots(&archive::normalize(name));
+        }
+        Ok(())
+    }
+
+    /// Applies tar layers (plain, gzip or zstd) in order into `root`, an
+    /// existing directory, as an image's layers are applied.
+    pub fn apply_layers(root: &Path, layers: &[&[u8]]) -> Result<()> {
+        let mut unpacker = apply::Unpacker::new(root)?;
+        for (i, layer) in layers.iter().enumerate() {
+            unpacker.apply_layer(*layer, &format!("layer {}", i + 1))?;
+        }
+        unpacker.finish()
+    }
+}

@@ -5,6 +5,7 @@
 mod bench;
 mod config;
 mod disk;
+mod fuzz;
 mod host;
 mod image;
 mod initramfs;
@@ -60,6 +61,17 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Run every cargo-fuzz target of fuzz/ in turn (not part of `test`):
+    /// installs cargo-fuzz if missing, prints executions, corpus size and
+    /// crashes per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Install the host packages the build needs (apt-get, as root).
     Deps,
     /// Measure `immuboot upgrade` against cp + sync and against skopeo +
@@ -73,6 +85,7 @@ fn main() {
         Cmd::Build { config } => build_all(config).map(|_| ()),
         Cmd::Run { config, fresh } => run_vm(config, fresh),
         Cmd::Test { unit, filter } => test(unit, filter),
+        Cmd::Fuzz { time, target } => fuzz::fuzz(time, target),
         Cmd::Deps => host::ensure(),
         Cmd::Bench => step("host tools", host::ensure)
             .and_then(|()| step("static init and CLI", build_static))
