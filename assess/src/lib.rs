@@ -12,6 +12,7 @@ pub mod decide;
 pub mod digest;
 pub mod fsutil;
 pub mod grubenv;
+pub mod integrity;
 pub mod store;
 
 use anyhow::{bail, Result};
@@ -37,6 +38,10 @@ pub mod vars {
     pub const B_TRIES: &str = "immuboot_b_tries";
     /// Why the last slot failed, for `immuboot status` (never read by GRUB).
     pub const LAST_FAILURE: &str = "immuboot_last_failure";
+    /// Why the recovery image failed its last `immuboot verify`, for
+    /// `immuboot status` (never read by GRUB; the recovery image has no
+    /// slot state).
+    pub const RECOVERY_FAILURE: &str = "immuboot_recovery_failure";
 
     pub fn state(slot: super::Slot) -> &'static str {
         match slot {
@@ -181,6 +186,10 @@ pub struct BootState {
     pub a: Health,
     pub b: Health,
     pub last_failure: Option<String>,
+    /// The recovery image differs from its digest (set and cleared by
+    /// `immuboot verify`, cleared when the recovery image is rewritten).
+    #[serde(default)]
+    pub recovery_failure: Option<String>,
 }
 
 impl Default for BootState {
@@ -191,6 +200,7 @@ impl Default for BootState {
             a: Health::Good,
             b: Health::Good,
             last_failure: None,
+            recovery_failure: None,
         }
     }
 }
@@ -220,6 +230,7 @@ impl BootState {
         let health_vars =
             [Slot::A, Slot::B].map(|slot| (ours(vars::state(slot)), ours(vars::tries(slot))));
         let last_failure = ours(vars::LAST_FAILURE);
+        let recovery_failure = ours(vars::RECOVERY_FAILURE);
         if let Some(v) = active {
             match v.parse() {
                 Ok(slot) => state.active_slot = slot,
@@ -260,6 +271,7 @@ impl BootState {
             *state.health_mut(slot) = health;
         }
         state.last_failure = last_failure;
+        state.recovery_failure = recovery_failure;
         (state, warnings)
     }
 
@@ -410,15 +422,23 @@ impl BootState {
             env.set(vars::state(slot), state)?;
             env.set(vars::tries(slot), &tries)?;
         }
-        // Bounded so the block always fits.
-        let failure: String = self
-            .last_failure
-            .as_deref()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect();
-        env.set(vars::LAST_FAILURE, &failure.replace('\n', " "))?;
+        // Bounded so the block always fits (a 1024-byte block holds both).
+        let bounded = |text: &str| -> String {
+            text.chars()
+                .take(200)
+                .collect::<String>()
+                .replace('\n', " ")
+        };
+        env.set(
+            vars::LAST_FAILURE,
+            &bounded(self.last_failure.as_deref().unwrap_or("")),
+        )?;
+        // Unset rather than empty: a block without a recovery failure stays
+        // as it was before this variable existed.
+        match &self.recovery_failure {
+            Some(text) => env.set(vars::RECOVERY_FAILURE, &bounded(text))?,
+            None => env.unset(vars::RECOVERY_FAILURE),
+        }
         Ok(())
     }
 
@@ -550,6 +570,7 @@ mod writer_tests {
                 a: Health::Trial { tries: 2 },
                 b: Health::Trial { tries: 2 },
                 last_failure: None,
+                recovery_failure: None,
             }
         );
         s.reset_to(Health::Good);
