@@ -30,6 +30,15 @@ impl Image {
     }
 }
 
+impl From<Slot> for Image {
+    fn from(slot: Slot) -> Image {
+        match slot {
+            Slot::A => Image::A,
+            Slot::B => Image::B,
+        }
+    }
+}
+
 impl fmt::Display for Image {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.slot() {

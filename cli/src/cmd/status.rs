@@ -142,6 +142,9 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
             version.as_deref().unwrap_or("-")
         );
     }
+    if let Some(f) = &state.recovery_failure {
+        outln!("recovery:     CORRUPTED: {f}");
+    }
     outln!(
         "next boot:    {}",
         match state.next_entry {
