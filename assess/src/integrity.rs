@@ -157,17 +157,13 @@ impl BootState {
                         ));
                     }
                 }
-                (Some(slot), Some(reason)) => {
-                    if self.health(slot) != Health::Bad {
-                        self.mark_bad(slot, &reason);
-                        changes.push(format!("slot {slot} marked bad: {reason}"));
-                    }
+                (Some(slot), Some(reason)) if self.health(slot) != Health::Bad => {
+                    self.mark_bad(slot, &reason);
+                    changes.push(format!("slot {slot} marked bad: {reason}"));
                 }
-                (None, Some(reason)) => {
-                    if self.recovery_failure.as_deref() != Some(reason.as_str()) {
-                        changes.push(format!("recovery image recorded as corrupted: {reason}"));
-                        self.recovery_failure = Some(reason);
-                    }
+                (None, Some(reason)) if self.recovery_failure.as_deref() != Some(&reason) => {
+                    changes.push(format!("recovery image recorded as corrupted: {reason}"));
+                    self.recovery_failure = Some(reason);
                 }
                 (None, None) if *verdict == Verdict::Ok && self.recovery_failure.is_some() => {
                     self.recovery_failure = None;

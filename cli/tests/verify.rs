@@ -97,7 +97,7 @@ fn a_corrupted_passive_slot_fails_and_is_marked_bad() {
     assert_eq!(code, 3, "{out}");
     let good = sha256(&image_bytes("b"));
     assert!(
-        out.contains(&format!("slot b:   CORRUPTED: sha256 "))
+        out.contains("slot b:   CORRUPTED: sha256 ")
             && out.contains(&format!("but {good} was recorded")),
         "{out}"
     );
