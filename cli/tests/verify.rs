@@ -196,3 +196,19 @@ fn missing_images_and_images_without_a_digest_are_reported_not_failed() {
     );
     assert_eq!(std::fs::read(sb.env()).unwrap(), before);
 }
+
+#[test]
+fn a_finding_that_cannot_be_recorded_is_still_reported() {
+    let sb = Sandbox::new("verify-norecord", Some("a"));
+    installed(&sb);
+    corrupt(&sb, "b");
+    // No boot state directory: nothing can be recorded.
+    std::fs::remove_dir_all(sb.dir.join("state/grub")).unwrap();
+    let (code, out) = verify(&sb, &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("slot b:   CORRUPTED")
+            && out.contains("NOT RECORDED in the boot state: no boot state directory"),
+        "{out}"
+    );
+}

@@ -178,7 +178,11 @@ pub fn run(ctx: &Ctx, json: bool, recovery_dir: Option<&Path>) -> Result<bool> {
             },
         });
     }
-    let recorded = record(state_dir, &checked, booted, &mut rep)?;
+    // The report comes first, whether or not the state can be written.
+    let (recorded, not_recorded) = match record(state_dir, &checked, booted, &mut rep) {
+        Ok(r) => (r, None),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    };
     let failed: Vec<String> = checked
         .iter()
         .filter(|c| c.verdict.is_failure())
@@ -196,6 +200,9 @@ pub fn run(ctx: &Ctx, json: bool, recovery_dir: Option<&Path>) -> Result<bool> {
     }
     for r in &recorded {
         human += &format!("recorded: {r}\n");
+    }
+    if let Some(e) = &not_recorded {
+        human += &format!("NOT RECORDED in the boot state: {e}\n");
     }
     if booted.is_some_and(|s| failed.contains(&Image::from(s).to_string())) {
         human += "THE RUNNING SLOT IS CORRUPTED: it was not marked bad; reboot into the other \
@@ -221,11 +228,19 @@ pub fn run(ctx: &Ctx, json: bool, recovery_dir: Option<&Path>) -> Result<bool> {
                 v
             }).collect::<Vec<_>>(),
             "recorded": recorded,
+            "not_recorded": not_recorded,
             "failed": failed,
         }),
         &human,
     );
-    Ok(!failed.is_empty())
+    match not_recorded {
+        // A corrupted image is the news (exit 3); the line above says the
+        // rest.
+        Some(e) if failed.is_empty() => {
+            anyhow::bail!("the findings could not be recorded in the boot state: {e}")
+        }
+        _ => Ok(!failed.is_empty()),
+    }
 }
 
 /// Records the verdicts in the boot state, in one transaction, when they
