@@ -1417,7 +1417,7 @@ fn s25_verify_finds_a_corrupted_passive_slot_before_a_fallback_needs_it() -> Res
     ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
     let timer = vm.run_ok("systemctl is-enabled immuboot-verify.timer")?;
     ensure!(timer.trim() == "enabled", "immuboot-verify.timer: {timer}");
-    let timers = vm.run_ok("systemctl list-timers --all --no-pager immuboot-verify.timer")?;
+    let timers = vm.run_ok("COLUMNS=200 systemctl list-timers --all --full --no-pager immuboot-verify.timer")?;
     ensure!(
         timers.contains("immuboot-verify.timer") && timers.contains("immuboot-verify.service"),
         "{timers}"
