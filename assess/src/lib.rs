@@ -422,21 +422,23 @@ impl BootState {
             env.set(vars::state(slot), state)?;
             env.set(vars::tries(slot), &tries)?;
         }
-        // Bounded so the block always fits (a 1024-byte block holds both).
-        let bounded = |text: &str| -> String {
-            text.chars()
-                .take(200)
-                .collect::<String>()
-                .replace('\n', " ")
-        };
-        env.set(
-            vars::LAST_FAILURE,
-            &bounded(self.last_failure.as_deref().unwrap_or("")),
-        )?;
+        // Bounded so the block always fits.
+        let failure: String = self
+            .last_failure
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        env.set(vars::LAST_FAILURE, &failure.replace('\n', " "))?;
         // Unset rather than empty: a block without a recovery failure stays
-        // as it was before this variable existed.
+        // as it was before this variable existed. Bounded like the last
+        // failure (a 1024-byte block holds both).
         match &self.recovery_failure {
-            Some(text) => env.set(vars::RECOVERY_FAILURE, &bounded(text))?,
+            Some(text) => {
+                let text: String = text.chars().take(200).collect();
+                env.set(vars::RECOVERY_FAILURE, &text.replace('\n', " "))?
+            }
             None => env.unset(vars::RECOVERY_FAILURE),
         }
         Ok(())
