@@ -12,6 +12,7 @@ pub mod decide;
 pub mod digest;
 pub mod fsutil;
 pub mod grubenv;
+pub mod integrity;
 pub mod store;
 
 use anyhow::{bail, Result};
@@ -43,6 +44,10 @@ pub mod vars {
     pub const B_UNFINISHED: &str = "immuboot_b_unfinished";
     /// Why the last slot failed, for `immuboot status` (never read by GRUB).
     pub const LAST_FAILURE: &str = "immuboot_last_failure";
+    /// Why the recovery image failed its last `immuboot verify`, for
+    /// `immuboot status` (never read by GRUB; the recovery image has no
+    /// slot state).
+    pub const RECOVERY_FAILURE: &str = "immuboot_recovery_failure";
 
     pub fn state(slot: super::Slot) -> &'static str {
         match slot {
@@ -206,6 +211,10 @@ pub struct BootState {
     pub a_unfinished: u8,
     #[serde(default)]
     pub b_unfinished: u8,
+    /// The recovery image differs from its digest (set and cleared by
+    /// `immuboot verify`, cleared when the recovery image is rewritten).
+    #[serde(default)]
+    pub recovery_failure: Option<String>,
 }
 
 impl Default for BootState {
@@ -218,6 +227,7 @@ impl Default for BootState {
             last_failure: None,
             a_unfinished: 0,
             b_unfinished: 0,
+            recovery_failure: None,
         }
     }
 }
@@ -248,6 +258,7 @@ impl BootState {
             [Slot::A, Slot::B].map(|slot| (ours(vars::state(slot)), ours(vars::tries(slot))));
         let unfinished_vars = [Slot::A, Slot::B].map(|slot| ours(vars::unfinished(slot)));
         let last_failure = ours(vars::LAST_FAILURE);
+        let recovery_failure = ours(vars::RECOVERY_FAILURE);
         if let Some(v) = active {
             match v.parse() {
                 Ok(slot) => state.active_slot = slot,
@@ -299,6 +310,7 @@ impl BootState {
             }
         }
         state.last_failure = last_failure;
+        state.recovery_failure = recovery_failure;
         (state, warnings)
     }
 
@@ -513,6 +525,16 @@ impl BootState {
             .take(200)
             .collect();
         env.set(vars::LAST_FAILURE, &failure.replace('\n', " "))?;
+        // Unset rather than empty: a block without a recovery failure stays
+        // as it was before this variable existed. Bounded like the last
+        // failure (a 1024-byte block holds both).
+        match &self.recovery_failure {
+            Some(text) => {
+                let text: String = text.chars().take(200).collect();
+                env.set(vars::RECOVERY_FAILURE, &text.replace('\n', " "))?
+            }
+            None => env.unset(vars::RECOVERY_FAILURE),
+        }
         Ok(())
     }
 
@@ -648,6 +670,7 @@ mod writer_tests {
                 last_failure: None,
                 a_unfinished: 0,
                 b_unfinished: 0,
+                recovery_failure: None,
             }
         );
         s.reset_to(Health::Good);

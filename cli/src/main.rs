@@ -90,6 +90,29 @@ enum Command {
         #[command(flatten)]
         opts: WriteOptions,
     },
+    /// Check slot a, slot b and the recovery image against the digests
+    /// recorded when each was written; record a corrupted image that is not
+    /// running (a slot is marked bad, the recovery image's failure shown by
+    /// `status`).
+    #[command(after_help = "\
+For each image: ok, CORRUPTED (its SHA-256 and the recorded one), UNREADABLE \
+(an I/O error), not checked (no digest recorded) or missing, with bytes and \
+seconds. The running slot is reported and recorded as the last failure, but \
+not marked bad: that would move the next boot to the other slot.
+
+Exit status: 0 when no image differs from its digest (missing images and \
+images without a digest are reported, not failures), 3 when one is \
+corrupted or unreadable, 1 on any other error, 2 on a usage error.")]
+    Verify {
+        /// Print JSON lines (steps, progress, result) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Mount point of COS_RECOVERY (default: mounted read-only from the
+        /// partition labelled COS_RECOVERY, or the running one in recovery
+        /// mode).
+        #[arg(long, value_name = "DIR")]
+        recovery_dir: Option<PathBuf>,
+    },
     /// Recovery mode only: rewrite both slots from the recovery image (or
     /// SOURCE) and make slot a active; optionally wipe COS_PERSISTENT and
     /// COS_OEM.
@@ -194,6 +217,14 @@ fn run(cli: Cli) -> Result<()> {
             reboot,
             opts,
         } => cmd::upgrade::run(&ctx, source, *recovery, *reboot, opts),
+        Command::Verify { json, recovery_dir } => {
+            if cmd::verify::run(&ctx, *json, recovery_dir.as_deref())? {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(cmd::verify::EXIT_CORRUPTED);
+            }
+            Ok(())
+        }
         Command::Reset {
             source,
             reset_persistent,

@@ -607,3 +607,40 @@ fn status_with_a_closed_output_exits_cleanly() {
     }
     assert!(status(&sb).contains("recovery"), "{}", status(&sb));
 }
+
+#[test]
+fn a_rewritten_recovery_image_clears_the_failure_verify_recorded() {
+    let sb = Sandbox::new("up-rec-clear", Some("a"));
+    installed(&sb);
+    let recovery = sb.dir.join("recovery");
+    std::fs::create_dir_all(recovery.join("cOS")).unwrap();
+    // A recovery image whose bytes differ from its digest list.
+    let old = squashfs(&sb.dir, "5");
+    std::fs::copy(&old, recovery.join("cOS/recovery.img")).unwrap();
+    std::fs::write(
+        recovery.join("cOS/recovery.img.sha256"),
+        format!("{}  recovery.img\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let rec = recovery.to_str().unwrap();
+    let (ok, out) = sb.run(&["verify", "--recovery-dir", rec]);
+    assert!(!ok, "{out}");
+    assert!(status(&sb).contains("recovery:     CORRUPTED"), "{out}");
+    let img = squashfs(&sb.dir, "6");
+    let out = sb.ok(&[
+        "upgrade",
+        "--recovery",
+        "--recovery-dir",
+        rec,
+        img.to_str().unwrap(),
+    ]);
+    assert!(out.contains("recorded failure is cleared"), "{out}");
+    let st = status(&sb);
+    assert!(
+        !st.contains("recovery:") && st.contains("slot b:       good"),
+        "{st}"
+    );
+    assert!(!std::fs::read_to_string(sb.env())
+        .unwrap()
+        .contains("immuboot_recovery_failure"));
+}

@@ -110,6 +110,8 @@ fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stam
         .file(&root.join("image/initramfs-modules"))?
         .file(&root.join("image/systemd/immuboot-mark-good.service"))?
         .file(&root.join("image/systemd/immuboot-watchdog.conf"))?
+        .file(&root.join("image/systemd/immuboot-verify.service"))?
+        .file(&root.join("image/systemd/immuboot-verify.timer"))?
         .file(&root.join("xtask/src/image.rs"))?
         .file(&root.join("xtask/src/initramfs.rs"))?;
     match cfg.initramfs {
@@ -731,6 +733,18 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         root.join("etc/systemd/system").join(unit),
     )?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants)?;
+    let _ = fs::remove_file(wants.join(unit));
+    symlink(format!("../{unit}"), wants.join(unit))?;
+    // The weekly check of every image against its digest.
+    for unit in ["immuboot-verify.service", "immuboot-verify.timer"] {
+        fs::copy(
+            workspace_root().join("image/systemd").join(unit),
+            root.join("etc/systemd/system").join(unit),
+        )?;
+    }
+    let unit = "immuboot-verify.timer";
+    let wants = root.join("etc/systemd/system/timers.target.wants");
     fs::create_dir_all(&wants)?;
     let _ = fs::remove_file(wants.join(unit));
     symlink(format!("../{unit}"), wants.join(unit))?;

@@ -6,6 +6,7 @@ pub mod reset;
 pub mod state_cmds;
 pub mod status;
 pub mod upgrade;
+pub mod verify;
 
 use crate::boot::{transaction, Boot};
 use anyhow::Result;

@@ -163,6 +163,9 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
             unfinished_text(state, *slot)
         );
     }
+    if let Some(f) = &state.recovery_failure {
+        outln!("recovery:     CORRUPTED: {f}");
+    }
     outln!(
         "next boot:    {}",
         match state.next_entry {

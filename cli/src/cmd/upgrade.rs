@@ -4,12 +4,13 @@
 use super::{reboot_now, Ctx};
 use crate::{progress, upgrade, WriteOptions};
 use anyhow::Result;
+use immuboot_assess::store;
 use immuboot_mount::state::with_writable;
 use immuboot_mount::syscall::LinuxSyscall;
 
 /// Where COS_RECOVERY is mounted for `--recovery` when the boot did not
 /// mount it.
-const RECOVERY_WRITE_MOUNT: &str = "/run/immuboot/cos-recovery";
+pub(crate) const RECOVERY_WRITE_MOUNT: &str = "/run/immuboot/cos-recovery";
 
 pub fn run(
     ctx: &Ctx,
@@ -33,9 +34,11 @@ pub fn run(
                 ctx.boot.mount_label(&ctx.boot.labels().recovery, &at)?
             }
         };
-        with_writable(&LinuxSyscall, &dir, || {
+        let installed = with_writable(&LinuxSyscall, &dir, || {
             upgrade::recovery(&req, &dir, &mut rep)
-        })?
+        })?;
+        clear_recovery_failure(state, &mut rep);
+        installed
     } else {
         let booted = ctx.boot.booted_slot_or_recovery()?;
         with_writable(&LinuxSyscall, state, || {
@@ -74,4 +77,28 @@ pub fn run(
         reboot_now();
     }
     Ok(())
+}
+
+/// A rewritten recovery image no longer has the failure `immuboot verify`
+/// recorded for the old one. The image is written already: a state that
+/// cannot be changed is a warning, not a failed upgrade.
+fn clear_recovery_failure(state_dir: &std::path::Path, rep: &mut progress::Reporter) {
+    if store::load(state_dir).state.recovery_failure.is_none() {
+        return;
+    }
+    let cleared = crate::boot::transaction(
+        state_dir,
+        || {},
+        |loaded| {
+            loaded.state.recovery_failure = None;
+            Ok(())
+        },
+    );
+    match cleared {
+        Ok(()) => rep.step("the recovery image's recorded failure is cleared"),
+        Err(e) => errln!(
+            "immuboot: warning: the recovery image was rewritten, but the failure recorded for \
+             the old one stays in the boot state ({e:#}); `immuboot verify` clears it"
+        ),
+    }
 }

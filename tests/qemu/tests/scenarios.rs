@@ -626,8 +626,13 @@ fn s14_slot_that_hangs_is_reset_by_the_watchdog_then_falls_back() -> Result<()> 
 /// incompressible files such as the kernel as raw blocks, so their bytes can
 /// be found in the image).
 fn corruption_offsets() -> Result<(u64, u64)> {
+    corruption_offsets_in("images/test/v3.img")
+}
+
+/// [`corruption_offsets`] of an image of the artifacts directory.
+fn corruption_offsets_in(name: &str) -> Result<(u64, u64)> {
     let dir = immuboot_qemu_tests::artifacts_dir();
-    let image = std::fs::read(dir.join("images/test/v3.img"))?;
+    let image = std::fs::read(dir.join(name)).with_context(|| format!("reading {name}"))?;
     let mut regions = Vec::new();
     let mut kernel_at = None;
     for f in ["boot/vmlinuz", "boot/initrd.img"] {
@@ -639,7 +644,7 @@ fn corruption_offsets() -> Result<(u64, u64)> {
         let pos = image
             .windows(probe.len())
             .position(|w| w == probe)
-            .with_context(|| format!("{f} is not stored raw in v3.img"))? as u64;
+            .with_context(|| format!("{f} is not stored raw in {name}"))? as u64;
         let start = pos.saturating_sub(middle as u64);
         regions.push(start..start + content.len() as u64);
         if f == "boot/vmlinuz" {
@@ -1581,4 +1586,79 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
 fn s24_distribution_dracut_without_immuboot_for_comparison() -> Result<()> {
     plain_dracut_phase("bookworm")?;
     plain_dracut_phase("trixie")
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s25_verify_finds_a_corrupted_passive_slot_before_a_fallback_needs_it() -> Result<()> {
+    // 4 KiB where the root file system lies, away from the kernel and
+    // initramfs: nothing reads it at boot, so no boot notices.
+    let (root_offset, _) = corruption_offsets_in("images/b.img")?;
+    let block = root_offset / 4096;
+    let mut m = Machine::new("s25-verify")?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    let timer = vm.run_ok("systemctl is-enabled immuboot-verify.timer")?;
+    ensure!(timer.trim() == "enabled", "immuboot-verify.timer: {timer}");
+    let timers = vm.run_ok(
+        "COLUMNS=200 systemctl list-timers --all --full --no-pager immuboot-verify.timer",
+    )?;
+    ensure!(
+        timers.contains("immuboot-verify.timer") && timers.contains("immuboot-verify.service"),
+        "{timers}"
+    );
+    // Intact: every image matches, nothing is written.
+    let started = Instant::now();
+    let out = vm.run_ok("immuboot verify 2>/tmp/verify.err")?;
+    let intact_seconds = started.elapsed().as_secs();
+    ensure!(
+        out.contains("slot a:   ok")
+            && out.contains("slot b:   ok")
+            && out.contains("recovery: ok"),
+        "{out}"
+    );
+    // The bytes flipped the way a failing disk would: under the file system.
+    vm.run_ok(&format!(
+        "{STATE_RW} && dd if=/dev/urandom of=/run/initramfs/cos-state/cOS/b.img bs=4096 \
+         seek={block} count=1 conv=notrunc status=none && sync \
+         && mount -o remount,ro /run/initramfs/cos-state"
+    ))?;
+    let started = Instant::now();
+    let (rc, out) = vm.run("immuboot verify 2>/tmp/verify.err")?;
+    let corrupted_seconds = started.elapsed().as_secs();
+    let err = vm.run_ok("cat /tmp/verify.err")?;
+    ensure!(rc == 3, "immuboot verify exited {rc}:\n{out}\n{err}");
+    ensure!(
+        out.contains("slot b:   CORRUPTED: sha256 ")
+            && out.contains("slot a:   ok")
+            && out.contains("recovery: ok")
+            && out.contains("recorded: slot b marked bad"),
+        "{out}"
+    );
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("slot b:       bad")
+            && status.contains("slot a:       good")
+            && status.contains(
+                "last failure: slot b: immuboot verify: image differs from the digest recorded when it was written"
+            ),
+        "{status}"
+    );
+    // The weekly run does the same through its unit: it fails (exit 3).
+    let (rc, _) = vm.run("systemctl start immuboot-verify.service")?;
+    ensure!(
+        rc != 0,
+        "immuboot-verify.service succeeded on a corrupted slot"
+    );
+    let journal = vm.run_ok("journalctl -b -u immuboot-verify.service --no-pager")?;
+    ensure!(journal.contains("slot b:   CORRUPTED"), "{journal}");
+    record_result(
+        "s25-verify",
+        json!({
+            "offset": block * 4096,
+            "intact_seconds": intact_seconds,
+            "corrupted_seconds": corrupted_seconds,
+        }),
+    )?;
+    Ok(())
 }
