@@ -21,6 +21,18 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_points(path, bytes, None)
+}
+
+/// [`write_atomic`] with the crash-test points `NAME-written` (temporary
+/// written and fsynced) and `NAME-renamed` (renamed, directory not fsynced)
+/// when `points` is `Some(NAME)` (see [`crate::crashpoint`]).
+pub fn write_atomic_with_points(path: &Path, bytes: &[u8], points: Option<&str>) -> Result<()> {
+    let reach = |step: &str| {
+        if let Some(name) = points {
+            crate::crashpoint::reach(&format!("{name}-{step}"));
+        }
+    };
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -34,12 +46,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             let _ = std::fs::remove_file(&tmp);
         })?;
     drop(file);
+    reach("written");
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
         .inspect_err(|_| {
             // E.g. an immutable target: the temporary must not stay behind.
             let _ = std::fs::remove_file(&tmp);
         })?;
+    reach("renamed");
     fsync_dir(dir)
 }
 

@@ -218,6 +218,12 @@ pub fn write_atomic(path: &Path, env: &GrubEnv) -> Result<()> {
     crate::fsutil::write_atomic(path, &env.to_block()?)
 }
 
+/// [`write_atomic`] with the crash-test points `NAME-written` and
+/// `NAME-renamed` ([`crate::fsutil::write_atomic_with_points`]).
+pub fn write_atomic_with_points(path: &Path, env: &GrubEnv, points: &str) -> Result<()> {
+    crate::fsutil::write_atomic_with_points(path, &env.to_block()?, Some(points))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

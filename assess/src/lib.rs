@@ -8,6 +8,7 @@
 //! `immuboot_*` variables without changing the existing ones.
 #![forbid(unsafe_code)]
 
+pub mod crashpoint;
 pub mod decide;
 pub mod digest;
 pub mod fsutil;

@@ -3,6 +3,7 @@
 //! first, then the primary, each atomically; readers take the primary if it
 //! is valid, else the backup, else defaults, and say which.
 
+use crate::crashpoint;
 use crate::grubenv::{self, GrubEnv};
 use crate::{BootState, GRUBENV_PATH};
 use anyhow::Result;
@@ -90,7 +91,8 @@ pub fn save(state_dir: &Path, env: &GrubEnv, state: &BootState) -> Result<()> {
 }
 
 /// [`save`], calling `between` after the backup and before the primary copy
-/// (a crash test pauses there).
+/// (a crash test pauses there). The crash-test points of a state commit
+/// ([`crate::crashpoint::STATE_COMMIT`]) up to `state-saved` are here.
 pub fn save_with(
     state_dir: &Path,
     env: &GrubEnv,
@@ -99,9 +101,12 @@ pub fn save_with(
 ) -> Result<()> {
     let mut env = env.clone();
     state.store(&mut env)?;
-    grubenv::write_atomic(&backup(state_dir), &env)?;
+    grubenv::write_atomic_with_points(&backup(state_dir), &env, "state-backup")?;
+    crashpoint::reach("state-backup-saved");
     between();
-    grubenv::write_atomic(&primary(state_dir), &env)
+    grubenv::write_atomic_with_points(&primary(state_dir), &env, "state-primary")?;
+    crashpoint::reach("state-saved");
+    Ok(())
 }
 
 #[cfg(test)]

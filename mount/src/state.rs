@@ -134,7 +134,9 @@ pub fn commit(dir: &Path, env: &GrubEnv, state: &BootState, between: impl FnOnce
     // GRUB reads ext4 without replaying the journal: without this it still
     // sees the old file (the remount read-only would checkpoint too, but a
     // state write must not depend on that succeeding).
-    crate::journal::checkpoint(dir)
+    crate::journal::checkpoint(dir)?;
+    immuboot_assess::crashpoint::reach("state-checkpointed");
+    Ok(())
 }
 
 /// [`commit`] inside [`with_writable`], under [`lock`]: one complete state

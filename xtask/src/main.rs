@@ -60,6 +60,10 @@ enum Cmd {
         /// Only QEMU scenarios whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Every power-cut point (50), not CI's sample (20): s18c and all
+        /// seven points of each boot-state commit in s29a/s29b.
+        #[arg(long)]
+        full: bool,
     },
     /// Run every cargo-fuzz target of fuzz/ in turn (not part of `test`):
     /// installs cargo-fuzz if missing, prints executions, corpus size and
@@ -84,7 +88,7 @@ fn main() {
     let result = match cli.command {
         Cmd::Build { config } => build_all(config).map(|_| ()),
         Cmd::Run { config, fresh } => run_vm(config, fresh),
-        Cmd::Test { unit, filter } => test(unit, filter),
+        Cmd::Test { unit, filter, full } => test(unit, filter, full),
         Cmd::Fuzz { time, target } => fuzz::fuzz(time, target),
         Cmd::Deps => host::ensure(),
         Cmd::Bench => step("host tools", host::ensure)
@@ -326,7 +330,7 @@ fn run_vm(config: Config, fresh: bool) -> Result<()> {
     Err(err).context("cannot run qemu-system-x86_64")
 }
 
-fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
+fn test(unit_only: bool, filter: Option<String>, full: bool) -> Result<()> {
     step("host tools", host::ensure)?;
     step("unit tests", || {
         run(cargo()
@@ -358,7 +362,8 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
             "scenarios",
             "--",
         ])
-        .args(["--ignored", "--test-threads=2"]);
+        .args(["--ignored", "--test-threads=2"])
+        .env("IMMUBOOT_TEST_FULL", if full { "1" } else { "0" });
     if let Some(f) = &filter {
         cmd.arg(f);
     }

@@ -16,8 +16,10 @@
 //!    trial and keeps the booted slot as the fallback.
 //!
 //! The crash-test checkpoints (`IMMUBOOT_PAUSE_AT`, see [`checkpoint`]) in
-//! order: start, write-10, write-50, write-90, written, verified, marked,
-//! renamed, synced, activating, activated.
+//! order: start, write-N (N % of the image written, any N from 1 to 99),
+//! written, verified, marked, renamed, synced, activating, activated; the
+//! boot-state commits of marked and activating have their own points
+//! ([`immuboot_assess::crashpoint::STATE_COMMIT`]).
 //!
 //! A rerun after an interruption removes the leftovers and starts again.
 
@@ -32,7 +34,6 @@ pub use source::Source;
 pub use verify::image_version;
 
 use serde_json::json;
-use std::io::Write;
 use std::path::PathBuf;
 
 /// Where keys that may sign images live: in the image, or on COS_OEM.
@@ -71,13 +72,7 @@ pub struct Installed {
 /// Pauses at a named point of the upgrade when `IMMUBOOT_PAUSE_AT` names
 /// it, so a test can cut the power there (the crash-safety scenarios).
 pub fn checkpoint(name: &str) {
-    if std::env::var("IMMUBOOT_PAUSE_AT").is_ok_and(|v| v == name) {
-        errln!("immuboot: paused at checkpoint {name}");
-        let _ = std::io::stderr().flush();
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
+    immuboot_assess::crashpoint::reach(name);
 }
 
 /// JSON for the report.

@@ -249,7 +249,8 @@ fn copy_squashfs(src: &Path, tmp: &Path, dir: &Path, rep: &mut Reporter) -> Resu
     rep.start("writing", Some(size));
     let mut input = digest::HashingReader::new(input);
     let mut buf = vec![0u8; digest::CHUNK];
-    let (mut at10, mut at50, mut at90) = (false, false, false);
+    // The crash tests' `write-N`: a pause once N % of the image is written.
+    let mut pause = immuboot_assess::crashpoint::write_percent();
     while let Some(chunk) = input
         .next_chunk(&mut buf)
         .with_context(|| format!("cannot read {}", src.display()))?
@@ -263,14 +264,10 @@ fn copy_squashfs(src: &Path, tmp: &Path, dir: &Path, rep: &mut Reporter) -> Resu
         })?;
         let done = input.len();
         rep.bytes(done);
-        for (flag, pct, name) in [
-            (&mut at10, 10, "write-10"),
-            (&mut at50, 50, "write-50"),
-            (&mut at90, 90, "write-90"),
-        ] {
-            if !*flag && done * 100 >= size * pct {
-                *flag = true;
-                checkpoint(name);
+        if let Some(pct) = pause {
+            if done * 100 >= size * pct {
+                pause = None;
+                checkpoint(&format!("write-{pct}"));
             }
         }
     }

@@ -4,6 +4,8 @@
 //! in a plain `cargo test` because they need the built disk).
 
 use anyhow::{bail, ensure, Context, Result};
+// The points of one boot-state commit, as the CLI names them.
+use immuboot_assess::crashpoint::STATE_COMMIT;
 use immuboot_qemu_tests::{dmesg_interval, kernel_timestamp, record_result, Machine, Vm};
 use serde_json::json;
 
@@ -1039,21 +1041,242 @@ fn s17_upgrades_from_a_directory_and_from_a_registry_boot() -> Result<()> {
 /// cuts the power, in the order the upgrade passes them, in two machines
 /// that run side by side: until the image is written and verified (the
 /// boot state untouched), and from marking the target to activation.
+/// s18a adds cuts at random percentages of the write (see
+/// [`random_write_points`]).
 const POWER_CUTS_WRITING: &[&str] = &[
     "start", "write-10", "write-50", "write-90", "written", "verified",
 ];
 const POWER_CUTS_INSTALLING: &[&str] = &["marked", "renamed", "synced", "activating", "activated"];
 
+/// The state-commit points a CI run cuts at for each command: the new
+/// backup durable beside the old primary, and both durable in the journal
+/// only. `cargo xtask test --full` cuts at all of [`STATE_COMMIT`].
+const STATE_COMMIT_SAMPLE: &[&str] = &["state-backup-saved", "state-saved"];
+
+/// Whether this run is `cargo xtask test --full` (every power-cut point).
+fn full_run() -> bool {
+    std::env::var_os("IMMUBOOT_TEST_FULL").is_some_and(|v| v == "1")
+}
+
+/// `count` distinct `write-N` points at random whole percentages (not 10,
+/// 50 or 90), in increasing order; the seed is printed so a failure can be
+/// repeated (`IMMUBOOT_CUT_SEED`).
+fn random_write_points(count: usize) -> Vec<String> {
+    let seed = std::env::var("IMMUBOOT_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("random write points: IMMUBOOT_CUT_SEED={seed}");
+    random_percentages(seed, count)
+        .into_iter()
+        .map(|n| format!("write-{n}"))
+        .collect()
+}
+
+fn random_percentages(seed: u64, count: usize) -> Vec<u64> {
+    // xorshift64*: enough to spread cuts over the write.
+    // Any seed, 0 included, gives a non-zero state.
+    let mut x = (seed ^ 0x9e37_79b9_7f4a_7c15).max(1);
+    let mut picked = std::collections::BTreeSet::new();
+    while picked.len() < count.min(96) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let n = x.wrapping_mul(0x2545_f491_4f6c_dd1d) % 99 + 1;
+        if ![10, 50, 90].contains(&n) {
+            picked.insert(n);
+        }
+    }
+    picked.into_iter().collect()
+}
+
+#[test]
+fn random_write_points_are_distinct_percentages_and_repeatable() {
+    let a = random_percentages(42, 4);
+    assert_eq!(a, random_percentages(42, 4));
+    assert_eq!(a.len(), 4);
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+    assert!(a
+        .iter()
+        .all(|n| (1..=99).contains(n) && ![10, 50, 90].contains(n)));
+    assert_ne!(a, random_percentages(43, 4));
+}
+
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s18a_power_cut_while_the_image_is_written_leaves_a_bootable_system() -> Result<()> {
-    power_cuts("s18a-power-cut-writing", POWER_CUTS_WRITING)
+    let random = random_write_points(if full_run() { 4 } else { 1 });
+    let mut points: Vec<&str> = POWER_CUTS_WRITING.to_vec();
+    // In write order: after "start", with the fixed percentages.
+    points.extend(random.iter().map(String::as_str));
+    points.sort_by_key(|p| match p.strip_prefix("write-") {
+        Some(n) => n.parse::<u64>().unwrap_or(0) + 1,
+        None if *p == "start" => 0,
+        None => 100 + POWER_CUTS_WRITING.iter().position(|q| q == p).unwrap_or(0) as u64,
+    });
+    power_cuts("s18a-power-cut-writing", &points)
 }
 
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s18b_power_cut_while_the_image_is_installed_leaves_a_bootable_system() -> Result<()> {
     power_cuts("s18b-power-cut-installing", POWER_CUTS_INSTALLING)
+}
+
+/// Only in `cargo xtask test --full`: the upgrade cut inside its first
+/// boot-state commit (the target slot marked not bootable), at each point.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test --full`"]
+fn s18c_power_cut_while_the_upgrade_writes_the_boot_state() -> Result<()> {
+    if !full_run() {
+        println!("s18c: only in `cargo xtask test --full`");
+        return Ok(());
+    }
+    power_cuts("s18c-power-cut-upgrade-state", STATE_COMMIT)
+}
+
+/// A boot-state command cut by a power cut inside its commit: what runs
+/// first (so the command has a change to write), the command, and what its
+/// rerun prints. `{booted}` and `{passive}` are replaced by the booted slot
+/// and the other one.
+struct StateCommand {
+    name: &'static str,
+    prepare: Option<&'static str>,
+    command: &'static str,
+    rerun_says: &'static str,
+}
+
+const STATE_COMMANDS: &[StateCommand] = &[
+    StateCommand {
+        name: "mark-active",
+        prepare: None,
+        command: "immuboot mark-active {passive}",
+        rerun_says: "slot {passive} active on trial",
+    },
+    StateCommand {
+        name: "next-boot",
+        prepare: Some("immuboot next-boot active"),
+        command: "immuboot next-boot passive",
+        rerun_says: "next boot: passive (once)",
+    },
+    StateCommand {
+        name: "rollback",
+        prepare: None,
+        command: "immuboot rollback",
+        rerun_says: "is active",
+    },
+    StateCommand {
+        name: "mark-good",
+        // The booted slot on trial, as after an upgrade.
+        prepare: Some("immuboot mark-active {booted}"),
+        command: "immuboot mark-good",
+        rerun_says: "slot {booted} marked good",
+    },
+];
+
+/// Cuts the power inside each state command's commit, at each point:
+/// every next boot lands on a good slot (active or passive entry, never
+/// recovery, no person), both copies of the boot state are equal and no
+/// temporary is left once that boot completed, and a rerun of the
+/// interrupted command succeeds. Records the outcomes and the time from
+/// the cut to a completed boot.
+fn state_power_cuts(name: &str, commands: &[&StateCommand]) -> Result<()> {
+    let points = if full_run() {
+        STATE_COMMIT
+    } else {
+        STATE_COMMIT_SAMPLE
+    };
+    let mut m = Machine::new(name)?.for_power_cuts();
+    let mut vm = boot(&mut m)?;
+    let mut outcomes = Vec::new();
+    for cmd in commands {
+        for point in points {
+            wait_marked_good(&mut vm)?;
+            let slot = booted(&mut vm)?.1;
+            let fill = |text: &str| {
+                text.replace("{booted}", &slot)
+                    .replace("{passive}", &other_slot(&slot))
+            };
+            if let Some(prepare) = cmd.prepare {
+                vm.run_ok(&fill(prepare))?;
+            }
+            let command = fill(cmd.command);
+            vm.send(&format!("IMMUBOOT_PAUSE_AT={point} {command}\n"))?;
+            vm.expect(
+                &format!("paused at checkpoint {point}"),
+                Duration::from_secs(120),
+            )
+            .with_context(|| format!("{command} did not reach {point}"))?;
+            vm.power_cut()?;
+            let cut = std::time::Instant::now();
+            vm = boot(&mut m)?;
+            let (mode, now) = booted(&mut vm)?;
+            let status = wait_marked_good(&mut vm)?;
+            let seconds = cut.elapsed().as_secs();
+            ensure!(
+                (mode == "active" || mode == "passive")
+                    && status.contains(&format!("slot {now}:       good")),
+                "after a power cut in `{command}` at {point}: booted {mode} slot {now}:\n{status}"
+            );
+            let copies = vm.run("cmp /run/initramfs/cos-state/grub/grubenv /run/initramfs/cos-state/grub/grubenv.bak")?;
+            let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/grub")?;
+            ensure!(
+                copies.0 == 0 && temporaries(&listing).is_empty(),
+                "after a power cut in `{command}` at {point} and a completed boot: \
+                 copies of the boot state differ ({}) or temporaries are left:\n{listing}\n{status}",
+                copies.1.trim()
+            );
+            // The rerun, from the state the cut left, on the slot now
+            // booted, prepared as the first run was.
+            let slot = now.clone();
+            let fill = |text: &str| {
+                text.replace("{booted}", &slot)
+                    .replace("{passive}", &other_slot(&slot))
+            };
+            if let Some(prepare) = cmd.prepare {
+                vm.run_ok(&fill(prepare))?;
+            }
+            let rerun = fill(cmd.command);
+            let (rc, out) = vm.run(&format!("{rerun} 2>&1"))?;
+            let says = fill(cmd.rerun_says);
+            ensure!(
+                rc == 0 && out.contains(&says),
+                "the rerun of `{rerun}` after a power cut at {point} (exit {rc}) did not say {says:?}:\n{out}"
+            );
+            outcomes.push(json!({
+                "command": cmd.name, "point": point, "booted": format!("{mode} {now}"),
+                "seconds_to_a_completed_boot": seconds,
+            }));
+        }
+    }
+    println!("power cuts in boot-state commits:");
+    for o in &outcomes {
+        println!("  {o}");
+    }
+    record_result(name, json!({"points": outcomes}))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s29a_power_cuts_in_mark_active_and_next_boot() -> Result<()> {
+    state_power_cuts(
+        "s29a-power-cut-state",
+        &[&STATE_COMMANDS[0], &STATE_COMMANDS[1]],
+    )
+}
+
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s29b_power_cuts_in_rollback_and_mark_good() -> Result<()> {
+    state_power_cuts(
+        "s29b-power-cut-state",
+        &[&STATE_COMMANDS[2], &STATE_COMMANDS[3]],
+    )
 }
 
 fn other_slot(slot: &str) -> String {
@@ -1072,9 +1295,21 @@ fn other_slot(slot: &str) -> String {
 /// - renamed: maybe (renamed over the slot, directory not fsynced yet);
 /// - synced and later: no (the rename was made durable by fsyncing cOS).
 fn leftover_expected(point: &str) -> Result<Option<bool>> {
+    if point
+        .strip_prefix("write-")
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| (1..=99).contains(&n))
+    {
+        return Ok(None);
+    }
+    // The first state commit (marking the target) comes after the
+    // temporary was fsynced.
+    if STATE_COMMIT.contains(&point) {
+        return Ok(Some(true));
+    }
     Ok(match point {
         "start" => Some(false),
-        "write-10" | "write-50" | "write-90" | "renamed" => None,
+        "renamed" => None,
         "written" | "verified" | "marked" => Some(true),
         "synced" | "activating" | "activated" => Some(false),
         _ => bail!("no leftover expectation for the checkpoint {point}"),
@@ -1096,10 +1331,17 @@ const LEFTOVER_REMOVED: &str = "left by an interrupted upgrade";
 /// No QEMU: s18 knows what to expect at each of its points, and reads `ls`.
 #[test]
 fn power_cut_points_have_leftover_expectations() {
-    for point in POWER_CUTS_WRITING.iter().chain(POWER_CUTS_INSTALLING) {
+    for point in POWER_CUTS_WRITING
+        .iter()
+        .chain(POWER_CUTS_INSTALLING)
+        .chain(STATE_COMMIT)
+        .chain(&["write-1", "write-99", "write-37"])
+    {
         leftover_expected(point).unwrap();
     }
-    assert!(leftover_expected("nowhere").is_err());
+    for bad in ["nowhere", "write-0", "write-100", "write-x"] {
+        assert!(leftover_expected(bad).is_err(), "{bad}");
+    }
     assert_eq!(
         temporaries(".\r\n..\r\n.b.img.new\r\na.img\r\na.img.sha256\r\nb.img\r\n"),
         [".b.img.new"]
