@@ -57,6 +57,42 @@ pub fn write_atomic_with_points(path: &Path, bytes: &[u8], points: Option<&str>)
     fsync_dir(dir)
 }
 
+/// Whether `e` (or an error in its chain) says the file system is full
+/// or the quota is used up.
+pub fn is_out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
+}
+
+/// Overwrites `path` in place with `bytes`, which must be exactly as long as
+/// the file, and fsyncs it: no block is allocated, so this works on a full
+/// file system. Not atomic: a power cut can leave the file torn.
+pub fn overwrite_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {} to rewrite it in place", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len == bytes.len() as u64,
+        "cannot rewrite {} in place: it has {len} bytes, the new content {}",
+        path.display(),
+        bytes.len()
+    );
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot rewrite {} in place", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

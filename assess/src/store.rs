@@ -4,9 +4,10 @@
 //! is valid, else the backup, else defaults, and say which.
 
 use crate::crashpoint;
+use crate::fsutil;
 use crate::grubenv::{self, GrubEnv};
 use crate::{BootState, GRUBENV_PATH};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -101,12 +102,35 @@ pub fn save_with(
 ) -> Result<()> {
     let mut env = env.clone();
     state.store(&mut env)?;
-    grubenv::write_atomic_with_points(&backup(state_dir), &env, "state-backup")?;
+    write_copy(&backup(state_dir), &env, "state-backup")?;
     crashpoint::reach("state-backup-saved");
     between();
-    grubenv::write_atomic_with_points(&primary(state_dir), &env, "state-primary")?;
+    write_copy(&primary(state_dir), &env, "state-primary")?;
     crashpoint::reach("state-saved");
     Ok(())
+}
+
+/// Writes one copy of the state: replaced atomically by a new file; when
+/// the file system has no room for one, overwritten in place, as GRUB's
+/// `save_env` does. A full COS_STATE must not stop the state from being
+/// written: a boot that cannot clear its count would, three boots later,
+/// give up a healthy slot. In place a power cut can tear the copy being
+/// written; the other one, written and fsynced before it, is whole.
+fn write_copy(path: &Path, env: &GrubEnv, points: &str) -> Result<()> {
+    write_copy_with(path, env, points, grubenv::write_atomic_with_points)
+}
+
+fn write_copy_with(
+    path: &Path,
+    env: &GrubEnv,
+    points: &str,
+    replace: impl FnOnce(&Path, &GrubEnv, &str) -> Result<()>,
+) -> Result<()> {
+    match replace(path, env, points) {
+        Err(e) if fsutil::is_out_of_space(&e) => fsutil::overwrite_in_place(path, &env.to_block()?)
+            .with_context(|| format!("{e:#}, and rewriting it in place failed")),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +143,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("grub")).unwrap();
         d
+    }
+
+    fn no_space(_: &Path, _: &GrubEnv, _: &str) -> Result<()> {
+        Err(
+            anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull))
+                .context("cannot write .grubenv.new"),
+        )
+    }
+
+    #[test]
+    fn a_full_file_system_gets_the_copy_rewritten_in_place() {
+        let d = dir("full");
+        let mut s = BootState::default();
+        save(&d, &GrubEnv::new(), &s).unwrap();
+        s.activate_on_trial(Slot::B, 3);
+        let mut env = GrubEnv::new();
+        s.store(&mut env).unwrap();
+        write_copy_with(&primary(&d), &env, "state-primary", no_space).unwrap();
+        assert_eq!(load(&d).state.b, Health::Trial { tries: 3 });
+        // Any other failure is reported and nothing is written.
+        let before = std::fs::read(primary(&d)).unwrap();
+        let e = write_copy_with(&primary(&d), &GrubEnv::new(), "state-primary", |_, _, _| {
+            anyhow::bail!("cannot rename: operation not permitted")
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not permitted"), "{e:#}");
+        assert_eq!(std::fs::read(primary(&d)).unwrap(), before);
+        // In place only over a copy of the same size: never a shorter or
+        // longer file (that would need blocks, or leave a torn tail).
+        std::fs::write(backup(&d), b"# GRUB Environment Block\n").unwrap();
+        let e = write_copy_with(&backup(&d), &env, "state-backup", no_space).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("rewriting it in place failed") && msg.contains("1024"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

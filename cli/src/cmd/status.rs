@@ -147,6 +147,9 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
             outln!("boot state:   unreadable, defaults shown ({error})")
         }
     }
+    if let Some(warning) = state_space_warning(state_dir) {
+        outln!("warning:      {warning}");
+    }
     outln!("active slot:  {}", state.active_slot);
     let versions: Vec<(Slot, Option<String>)> = [Slot::A, Slot::B]
         .into_iter()
@@ -180,4 +183,38 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
         outln!("warning:      {w}");
     }
     Ok(())
+}
+
+/// Below this many free bytes COS_STATE counts as full.
+const STATE_FULL_BELOW: u64 = 1 << 20;
+
+/// A warning when COS_STATE (at `state_dir`) is full: the boot state is
+/// then rewritten in place (see `store::write_copy`) and upgrades fail.
+fn state_space_warning(state_dir: &std::path::Path) -> Option<String> {
+    let st = rustix::fs::statvfs(state_dir).ok()?;
+    full_state_warning(st.f_bfree.saturating_mul(st.f_frsize))
+}
+
+fn full_state_warning(free: u64) -> Option<String> {
+    (free < STATE_FULL_BELOW).then(|| {
+        format!(
+            "COS_STATE is full ({} KiB free): upgrades have no room; the boot state is \
+             rewritten in place (hint: remove what is not an image or its digest list)",
+            free / 1024
+        )
+    })
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_state_partition_is_named() {
+        assert!(full_state_warning(12 * 1024)
+            .unwrap()
+            .contains("(12 KiB free)"));
+        assert_eq!(full_state_warning(STATE_FULL_BELOW), None);
+        assert_eq!(full_state_warning(u64::MAX), None);
+    }
 }

@@ -363,6 +363,24 @@ impl Machine {
     }
 
     pub fn boot(&mut self) -> Result<Vm> {
+        self.boot_with(&[])
+    }
+
+    /// Boots `kernel` and `initrd` with the command line `append` directly
+    /// (the firmware starts them; GRUB is not run, so nothing is counted
+    /// before the init), on the machine's disk.
+    pub fn boot_kernel(&mut self, kernel: &Path, initrd: &Path, append: &str) -> Result<Vm> {
+        self.boot_with(&[
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            append.into(),
+        ])
+    }
+
+    fn boot_with(&mut self, more: &[String]) -> Result<Vm> {
         self.boots += 1;
         let log = self.dir.join(format!("boot{}.log", self.boots));
         let mut args = qemu_args(&self.overlay, "qcow2", &self.vars, false);
@@ -388,6 +406,7 @@ impl Machine {
             // Before the "-drive" that precedes the machine's own disk.
             args.splice(own - 1..own - 1, first);
         }
+        args.extend(more.iter().cloned());
         Vm::start(&args, &log)
     }
 }

@@ -1148,6 +1148,8 @@ struct StateCommand {
     prepare: Option<&'static str>,
     command: &'static str,
     rerun_says: &'static str,
+    /// Run after the rerun, so the next cut's command has a change to write.
+    undo: Option<&'static str>,
 }
 
 const STATE_COMMANDS: &[StateCommand] = &[
@@ -1156,18 +1158,21 @@ const STATE_COMMANDS: &[StateCommand] = &[
         prepare: None,
         command: "immuboot mark-active {passive}",
         rerun_says: "slot {passive} active on trial",
+        undo: Some("immuboot rollback"),
     },
     StateCommand {
         name: "next-boot",
         prepare: Some("immuboot next-boot active"),
         command: "immuboot next-boot passive",
         rerun_says: "next boot: passive (once)",
+        undo: None,
     },
     StateCommand {
         name: "rollback",
         prepare: None,
         command: "immuboot rollback",
         rerun_says: "is active",
+        undo: None,
     },
     StateCommand {
         name: "mark-good",
@@ -1175,6 +1180,7 @@ const STATE_COMMANDS: &[StateCommand] = &[
         prepare: Some("immuboot mark-active {booted}"),
         command: "immuboot mark-good",
         rerun_says: "slot {booted} marked good",
+        undo: None,
     },
 ];
 
@@ -1247,6 +1253,9 @@ fn state_power_cuts(name: &str, commands: &[&StateCommand]) -> Result<()> {
                 rc == 0 && out.contains(&says),
                 "the rerun of `{rerun}` after a power cut at {point} (exit {rc}) did not say {says:?}:\n{out}"
             );
+            if let Some(undo) = cmd.undo {
+                vm.run_ok(&fill(undo))?;
+            }
             outcomes.push(json!({
                 "command": cmd.name, "point": point, "booted": format!("{mode} {now}"),
                 "seconds_to_a_completed_boot": seconds,
@@ -1277,6 +1286,94 @@ fn s29b_power_cuts_in_rollback_and_mark_good() -> Result<()> {
         "s29b-power-cut-state",
         &[&STATE_COMMANDS[2], &STATE_COMMANDS[3]],
     )
+}
+
+/// Writes the file `inner` of the squashfs `image` to `dest`.
+fn extract_from_image(image: &std::path::Path, inner: &str, dest: &std::path::Path) -> Result<()> {
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(image)
+        .arg(inner)
+        .output()
+        .context("unsquashfs (package squashfs-tools)")?;
+    ensure!(
+        out.status.success(),
+        "unsquashfs -cat {} {inner} failed",
+        image.display()
+    );
+    std::fs::write(dest, out.stdout)?;
+    Ok(())
+}
+
+/// The init's own boot-state write, cut at each point: slot a is put on
+/// trial, then its kernel and initramfs are started directly (no GRUB, so
+/// the init counts the try itself) with `IMMUBOOT_PAUSE_AT` on the kernel
+/// command line (the kernel passes it to the init's environment). After
+/// the cut, GRUB boots slot a, which completes and is marked good; the
+/// copies are equal and no temporary is left. That boot is the init's rerun.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s29c_power_cuts_in_the_inits_own_state_write() -> Result<()> {
+    let name = "s29c-power-cut-init-state";
+    let points = if full_run() {
+        STATE_COMMIT
+    } else {
+        STATE_COMMIT_SAMPLE
+    };
+    let mut m = Machine::new(name)?.for_power_cuts();
+    let image = m.artifacts.join("images/a.img");
+    let (kernel, initrd) = (m.dir.join("vmlinuz"), m.dir.join("initrd.img"));
+    extract_from_image(&image, "boot/vmlinuz", &kernel)?;
+    extract_from_image(&image, "boot/initrd.img", &initrd)?;
+    let mut vm = boot(&mut m)?;
+    let mut outcomes = Vec::new();
+    for point in points {
+        wait_marked_good(&mut vm)?;
+        ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+        vm.run_ok("immuboot mark-active a")?;
+        vm.reboot()?;
+        let mut direct = m.boot_kernel(
+            &kernel,
+            &initrd,
+            &format!(
+                "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
+                 immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 \
+                 IMMUBOOT_PAUSE_AT={point}"
+            ),
+        )?;
+        direct
+            .expect(
+                &format!("paused at checkpoint {point}"),
+                Duration::from_secs(180),
+            )
+            .with_context(|| format!("the init did not reach {point}"))?;
+        direct.power_cut()?;
+        let cut = std::time::Instant::now();
+        vm = boot(&mut m)?;
+        let (mode, slot) = booted(&mut vm)?;
+        let status = wait_marked_good(&mut vm)?;
+        let seconds = cut.elapsed().as_secs();
+        ensure!(
+            mode == "active" && slot == "a" && status.contains("slot a:       good"),
+            "after a power cut in the init's state write at {point}: booted {mode} slot {slot}:\n{status}"
+        );
+        let copies = vm.run(
+            "cmp /run/initramfs/cos-state/grub/grubenv /run/initramfs/cos-state/grub/grubenv.bak",
+        )?;
+        let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/grub")?;
+        ensure!(
+            copies.0 == 0 && temporaries(&listing).is_empty(),
+            "after a power cut in the init's state write at {point} and a completed boot: \
+             copies differ ({}) or temporaries are left:\n{listing}",
+            copies.1.trim()
+        );
+        outcomes.push(json!({
+            "command": "init (counting a try)", "point": point, "booted": format!("{mode} {slot}"),
+            "seconds_to_a_completed_boot": seconds,
+        }));
+    }
+    record_result(name, json!({"points": outcomes}))?;
+    Ok(())
 }
 
 fn other_slot(slot: &str) -> String {
@@ -1475,6 +1572,57 @@ fn s19_no_room_for_the_new_image_changes_nothing() -> Result<()> {
     ensure!(slot_b_digest(&mut vm)? == digest);
     let leftovers = vm.run_ok("ls -a /run/initramfs/cos-state/cOS")?;
     ensure!(!leftovers.contains(".new"), "{leftovers}");
+    Ok(())
+}
+
+/// Fills COS_STATE until not even 4 KiB more can be allocated (root's
+/// reserve included; ext4 keeps a few clusters back even from root), and
+/// prints `full` when a 4 KiB write then fails.
+const FILL_STATE: &str = "mount -o remount,rw /run/initramfs/cos-state && cd /run/initramfs/cos-state \
+    && i=0 && for size in 256M 32M 4M 512K 64K 4K; do \
+    while fallocate -l $size filler-$i 2>/dev/null; do i=$((i+1)); done; done; \
+    sync; if dd if=/dev/zero of=probe bs=4k count=1 conv=fsync 2>/dev/null; then echo room; else echo full; fi; \
+    rm -f probe; cd /; mount -o remount,ro /run/initramfs/cos-state";
+
+/// COS_STATE full to the last block: every boot still counts, completes
+/// and is marked good (three boots that could not clear their count would
+/// give up a healthy slot), the state commands still work, an upgrade is
+/// refused with the reason, and nothing is left half-written.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s30_a_full_state_partition_still_boots_and_marks_good() -> Result<()> {
+    let mut m = Machine::new("s30-state-full")?.with_payload();
+    let mut vm = boot(&mut m)?;
+    wait_marked_good(&mut vm)?;
+    let free = vm.run_ok(FILL_STATE)?;
+    ensure!(free.trim() == "full", "COS_STATE not full: {free}");
+    for n in 1..=4 {
+        vm.reboot()?;
+        vm = boot(&mut m)?;
+        ensure!(
+            booted(&mut vm)? == ("active".into(), "a".into()),
+            "boot {n} on a full COS_STATE"
+        );
+        let status = wait_marked_good(&mut vm)?;
+        ensure!(
+            status.contains("slot a:       good")
+                && !status.contains("not finished")
+                && status.contains("warning:      COS_STATE is full"),
+            "boot {n} on a full COS_STATE was not marked good, or status does not say it is full:\n{status}"
+        );
+    }
+    let out = vm.run_ok("immuboot next-boot passive 2>&1 && immuboot status")?;
+    ensure!(out.contains("next boot:    passive"), "{out}");
+    mount_payload(&mut vm)?;
+    let (rc, out) = vm.run(&format!("immuboot upgrade {PAYLOAD}/v3.img 2>&1"))?;
+    ensure!(rc != 0 && out.contains("not enough space"), "{out}");
+    let listing = vm.run_ok(
+        "ls -a1 --color=never /run/initramfs/cos-state/cOS /run/initramfs/cos-state/grub",
+    )?;
+    ensure!(temporaries(&listing).is_empty(), "{listing}");
+    vm.reboot()?;
+    let mut vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("passive".into(), "b".into()));
     Ok(())
 }
 
@@ -1771,14 +1919,7 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     std::fs::create_dir_all(&vm_dir)?;
     let image = dir.join("images/a.img");
     let kernel = vm_dir.join("vmlinuz");
-    let out = std::process::Command::new("unsquashfs")
-        .arg("-cat")
-        .arg(&image)
-        .arg("boot/vmlinuz")
-        .output()
-        .context("unsquashfs (package squashfs-tools)")?;
-    ensure!(out.status.success(), "unsquashfs -cat boot/vmlinuz failed");
-    std::fs::write(&kernel, out.stdout)?;
+    extract_from_image(&image, "boot/vmlinuz", &kernel)?;
     let initrd = dir.join("dracut-plain.img");
     let args: Vec<String> = immuboot_qemu_tests::tcg_machine_args()
         .into_iter()
