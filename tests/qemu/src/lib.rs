@@ -563,6 +563,27 @@ impl Vm {
         Ok(())
     }
 
+    /// Opens GRUB's hidden menu the way a person does: Esc, sent from when
+    /// GRUB says it starts until the menu is drawn (a key that comes too
+    /// early is still read: the serial port keeps it).
+    pub fn open_boot_menu(&mut self) -> Result<()> {
+        self.expect("press Esc for the boot menu", Duration::from_secs(180))?;
+        for _ in 0..100 {
+            self.send("\x1b")?;
+            if self
+                .expect(r"\*?immuboot: active \(slot", Duration::from_millis(300))
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        bail!(
+            "GRUB's menu did not open on Esc; console log {}:\n{}",
+            self.log.display(),
+            self.tail()
+        )
+    }
+
     /// Logs in as root on the serial console and quiets kernel messages there.
     pub fn login(&mut self) -> Result<Duration> {
         self.expect(r"login: ", Duration::from_secs(400))?;

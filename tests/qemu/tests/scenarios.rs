@@ -498,12 +498,11 @@ fn s12_manual_menu_choice_keeps_counters_working() -> Result<()> {
     let mut vm = boot(&mut m)?;
     vm.run_ok("immuboot mark-active b --tries 2")?;
     vm.reboot()?;
-    // At GRUB's menu, pick the second entry (passive, slot a) by hand.
+    // GRUB's hidden menu opened with Esc; the second entry (passive,
+    // slot a) picked by hand.
     let mut vm = m.boot()?;
-    vm.expect(
-        "executed automatically in",
-        std::time::Duration::from_secs(120),
-    )?;
+    vm.open_boot_menu()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
     vm.send("\x1b[B")?;
     std::thread::sleep(std::time::Duration::from_millis(300));
     vm.send("\r")?;
@@ -1139,6 +1138,59 @@ fn s18c_power_cut_while_the_upgrade_writes_the_boot_state() -> Result<()> {
     power_cuts("s18c-power-cut-upgrade-state", STATE_COMMIT)
 }
 
+/// Waits until `vm` paused at `point` (`what` is paused there, for the
+/// error), then cuts the power; returns when.
+fn cut_at_pause(
+    mut vm: Vm,
+    point: &str,
+    what: &str,
+    within: Duration,
+) -> Result<std::time::Instant> {
+    vm.expect(&format!("paused at checkpoint {point}"), within)
+        .with_context(|| format!("{what} did not reach {point}"))?;
+    vm.power_cut()?;
+    Ok(std::time::Instant::now())
+}
+
+/// The boot after a power cut, once marked good.
+struct AfterCut {
+    vm: Vm,
+    mode: String,
+    slot: String,
+    status: String,
+    /// From the cut to the boot marked good.
+    seconds: u64,
+}
+
+fn boot_after_cut(m: &mut Machine, cut: std::time::Instant) -> Result<AfterCut> {
+    let mut vm = boot(m)?;
+    let (mode, slot) = booted(&mut vm)?;
+    let status = wait_marked_good(&mut vm)?;
+    Ok(AfterCut {
+        vm,
+        mode,
+        slot,
+        status,
+        seconds: cut.elapsed().as_secs(),
+    })
+}
+
+/// After a completed boot: both copies of the boot state are equal and no
+/// temporary is left beside them (`what` names the cut, for the error).
+fn state_settled(vm: &mut Vm, what: &str) -> Result<()> {
+    let (rc, cmp) = vm.run(
+        "cmp /run/initramfs/cos-state/grub/grubenv /run/initramfs/cos-state/grub/grubenv.bak",
+    )?;
+    let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/grub")?;
+    ensure!(
+        rc == 0 && temporaries(&listing).is_empty(),
+        "after a power cut {what} and a completed boot: copies of the boot state \
+         differ ({}) or temporaries are left:\n{listing}",
+        cmp.trim()
+    );
+    Ok(())
+}
+
 /// A boot-state command cut by a power cut inside its commit: what runs
 /// first (so the command has a change to write), the command, and what its
 /// rerun prints. `{booted}` and `{passive}` are replaced by the booted slot
@@ -1212,30 +1264,17 @@ fn state_power_cuts(name: &str, commands: &[&StateCommand]) -> Result<()> {
             }
             let command = fill(cmd.command);
             vm.send(&format!("IMMUBOOT_PAUSE_AT={point} {command}\n"))?;
-            vm.expect(
-                &format!("paused at checkpoint {point}"),
-                Duration::from_secs(120),
-            )
-            .with_context(|| format!("{command} did not reach {point}"))?;
-            vm.power_cut()?;
-            let cut = std::time::Instant::now();
-            vm = boot(&mut m)?;
-            let (mode, now) = booted(&mut vm)?;
-            let status = wait_marked_good(&mut vm)?;
-            let seconds = cut.elapsed().as_secs();
+            let cut = cut_at_pause(vm, point, &command, Duration::from_secs(120))?;
+            let after = boot_after_cut(&mut m, cut)?;
+            let (mode, now, status, seconds) =
+                (after.mode, after.slot, after.status, after.seconds);
+            vm = after.vm;
             ensure!(
                 (mode == "active" || mode == "passive")
                     && status.contains(&format!("slot {now}:       good")),
                 "after a power cut in `{command}` at {point}: booted {mode} slot {now}:\n{status}"
             );
-            let copies = vm.run("cmp /run/initramfs/cos-state/grub/grubenv /run/initramfs/cos-state/grub/grubenv.bak")?;
-            let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/grub")?;
-            ensure!(
-                copies.0 == 0 && temporaries(&listing).is_empty(),
-                "after a power cut in `{command}` at {point} and a completed boot: \
-                 copies of the boot state differ ({}) or temporaries are left:\n{listing}\n{status}",
-                copies.1.trim()
-            );
+            state_settled(&mut vm, &format!("in `{command}` at {point}"))?;
             // The rerun, from the state the cut left, on the slot now
             // booted, prepared as the first run was.
             let slot = now.clone();
@@ -1332,7 +1371,7 @@ fn s29c_power_cuts_in_the_inits_own_state_write() -> Result<()> {
         ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
         vm.run_ok("immuboot mark-active a")?;
         vm.reboot()?;
-        let mut direct = m.boot_kernel(
+        let direct = m.boot_kernel(
             &kernel,
             &initrd,
             &format!(
@@ -1341,32 +1380,15 @@ fn s29c_power_cuts_in_the_inits_own_state_write() -> Result<()> {
                  IMMUBOOT_PAUSE_AT={point}"
             ),
         )?;
-        direct
-            .expect(
-                &format!("paused at checkpoint {point}"),
-                Duration::from_secs(180),
-            )
-            .with_context(|| format!("the init did not reach {point}"))?;
-        direct.power_cut()?;
-        let cut = std::time::Instant::now();
-        vm = boot(&mut m)?;
-        let (mode, slot) = booted(&mut vm)?;
-        let status = wait_marked_good(&mut vm)?;
-        let seconds = cut.elapsed().as_secs();
+        let cut = cut_at_pause(direct, point, "the init", Duration::from_secs(180))?;
+        let after = boot_after_cut(&mut m, cut)?;
+        let (mode, slot, status, seconds) = (after.mode, after.slot, after.status, after.seconds);
+        vm = after.vm;
         ensure!(
             mode == "active" && slot == "a" && status.contains("slot a:       good"),
             "after a power cut in the init's state write at {point}: booted {mode} slot {slot}:\n{status}"
         );
-        let copies = vm.run(
-            "cmp /run/initramfs/cos-state/grub/grubenv /run/initramfs/cos-state/grub/grubenv.bak",
-        )?;
-        let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/grub")?;
-        ensure!(
-            copies.0 == 0 && temporaries(&listing).is_empty(),
-            "after a power cut in the init's state write at {point} and a completed boot: \
-             copies differ ({}) or temporaries are left:\n{listing}",
-            copies.1.trim()
-        );
+        state_settled(&mut vm, &format!("in the init's state write at {point}"))?;
         outcomes.push(json!({
             "command": "init (counting a try)", "point": point, "booted": format!("{mode} {slot}"),
             "seconds_to_a_completed_boot": seconds,
