@@ -190,17 +190,21 @@ const STATE_FULL_BELOW: u64 = 1 << 20;
 
 /// A warning when COS_STATE (at `state_dir`) is full: the boot state is
 /// then rewritten in place (see `store::write_copy`) and upgrades fail.
+/// What counts is the space outside ext4's reserves (`f_bavail`): root may
+/// use some of the rest, but not all of it (ext4 keeps clusters back even
+/// from root), so `f_bfree` never reaches 0 on a full file system.
 fn state_space_warning(state_dir: &std::path::Path) -> Option<String> {
     let st = rustix::fs::statvfs(state_dir).ok()?;
-    full_state_warning(st.f_bfree.saturating_mul(st.f_frsize))
+    full_state_warning(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-fn full_state_warning(free: u64) -> Option<String> {
-    (free < STATE_FULL_BELOW).then(|| {
+fn full_state_warning(available: u64) -> Option<String> {
+    (available < STATE_FULL_BELOW).then(|| {
         format!(
-            "COS_STATE is full ({} KiB free): upgrades have no room; the boot state is \
-             rewritten in place (hint: remove what is not an image or its digest list)",
-            free / 1024
+            "COS_STATE is full ({} KiB free outside ext4's reserves): upgrades have no room; \
+             the boot state is rewritten in place (hint: remove what is not an image or \
+             its digest list)",
+            available / 1024
         )
     })
 }
