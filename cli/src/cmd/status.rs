@@ -217,7 +217,7 @@ mod space_tests {
     fn a_full_state_partition_is_named() {
         assert!(full_state_warning(12 * 1024)
             .unwrap()
-            .contains("(12 KiB free)"));
+            .contains("(12 KiB free outside ext4"));
         assert_eq!(full_state_warning(STATE_FULL_BELOW), None);
         assert_eq!(full_state_warning(u64::MAX), None);
     }
