@@ -104,10 +104,15 @@ impl Boot {
     /// by-label link, unless that is a look-alike the boot ignored (a
     /// partition with our label on another disk: never written).
     pub fn device_of(&self, label: &str) -> Result<PathBuf> {
+        self.device_of_in(label, Path::new("/dev/disk/by-label"))
+    }
+
+    /// [`Boot::device_of`], with udev's by-label links in `by_label`.
+    fn device_of_in(&self, label: &str, by_label: &Path) -> Result<PathBuf> {
         if let Some(p) = self.facts().and_then(|f| f.partition(label)) {
             return Ok(p.device.clone());
         }
-        let link = Path::new("/dev/disk/by-label").join(label);
+        let link = by_label.join(label);
         let device = std::fs::canonicalize(&link).with_context(|| {
             format!(
                 "no partition labelled {label} ({} is missing)",
@@ -214,4 +219,52 @@ pub fn transaction<T>(
         check_loaded(state_dir, loaded)?;
         change(loaded)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use immuboot_mount::facts::Partition;
+
+    #[test]
+    fn a_look_alike_found_by_label_is_refused() {
+        let d = std::env::temp_dir().join(format!("immuboot-device-of-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("by-label")).unwrap();
+        // A stand-in for the look-alike's device node, and udev's link to it.
+        std::fs::write(d.join("vdb2"), b"").unwrap();
+        std::os::unix::fs::symlink("../vdb2", d.join("by-label/COS_OEM")).unwrap();
+        let device = std::fs::canonicalize(d.join("vdb2")).unwrap();
+        let boot = |look_alikes: Vec<Partition>| Boot {
+            dir: d.clone(),
+            facts: Ok(Some(BootFacts {
+                look_alikes,
+                ..BootFacts::default()
+            })),
+        };
+        let look_alike = Partition {
+            label: "COS_OEM".into(),
+            device: d.join("vdb2"),
+            fstype: "ext4".into(),
+        };
+        let e = boot(vec![look_alike])
+            .device_of_in("COS_OEM", &d.join("by-label"))
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("look-alike") && msg.contains(&device.display().to_string()),
+            "{msg}"
+        );
+        // The same link to a device that is not a look-alike is used.
+        assert_eq!(
+            boot(vec![])
+                .device_of_in("COS_OEM", &d.join("by-label"))
+                .unwrap(),
+            device
+        );
+        assert!(boot(vec![])
+            .device_of_in("COS_PERSISTENT", &d.join("by-label"))
+            .is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
