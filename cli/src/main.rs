@@ -43,6 +43,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where this boot's time went, on the kernel's clock: firmware and boot
+    /// loader (when the loader recorded them), the kernel, each step of the
+    /// init, systemd until the boot finished.
+    Timeline {
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also draw it as an SVG chart, one bar per row, into FILE.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
     /// Choose the image for the next boot only (active, passive or recovery);
     /// the boot after it returns to the automatic choice.
     NextBoot {
@@ -203,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = cmd::Ctx { boot, state_dir };
     match &cli.command {
         Command::Status { json } => cmd::status::run(&ctx, *json),
+        Command::Timeline { json, svg } => cmd::timeline::run(&ctx, *json, svg.as_deref()),
         Command::NextBoot { entry } => cmd::state_cmds::next_boot(&ctx, entry),
         Command::MarkGood {
             checks,

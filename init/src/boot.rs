@@ -65,6 +65,9 @@ pub struct Boot<S: Syscall = InitSyscall> {
     fatal: FatalPolicy,
     /// The image digest check, running while the mounts go on.
     image_check: Option<std::thread::JoinHandle<Result<String>>>,
+    /// When the boot started, for the steps' start times (kernel uptime
+    /// is `facts.uptime_start_s` at this instant).
+    clock: Instant,
 }
 
 impl<S: Syscall> Boot<S> {
@@ -76,6 +79,7 @@ impl<S: Syscall> Boot<S> {
             paths,
             fatal: FatalPolicy::default(),
             image_check: None,
+            clock: Instant::now(),
         }
     }
 
@@ -83,6 +87,7 @@ impl<S: Syscall> Boot<S> {
     /// is fatal (one line, reboot).
     fn step<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> T {
         let start = Instant::now();
+        let start_s = self.facts.uptime_start_s + (start - self.clock).as_secs_f64();
         log::debug!("step '{name}' starts");
         match f(self) {
             Ok(v) => {
@@ -91,6 +96,7 @@ impl<S: Syscall> Boot<S> {
                 self.facts.steps.push(StepTiming {
                     name: name.into(),
                     ms,
+                    start_s,
                 });
                 v
             }

@@ -23,6 +23,10 @@ pub const FACTS_VERSION: u32 = 1;
 pub struct StepTiming {
     pub name: String,
     pub ms: u128,
+    /// Kernel uptime (seconds) when the step started; 0 in facts written
+    /// before this field existed.
+    #[serde(default)]
+    pub start_s: f64,
 }
 
 /// One partition the boot found: its device and file system type.

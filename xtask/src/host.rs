@@ -54,6 +54,8 @@ const NEEDS: &[(Probe, &[&str])] = &[
     // The test CA of the registry TLS test (oci/tests/registry_tls.rs).
     (Probe::Command("openssl"), &["openssl"]),
     (Probe::Command("umoci"), &["umoci"]),
+    // Renders `immuboot timeline --svg` in its test (a real SVG renderer).
+    (Probe::Command("rsvg-convert"), &["librsvg2-bin"]),
     (Probe::File("/usr/share/OVMF/OVMF_CODE_4M.fd"), &["ovmf"]),
     (
         Probe::File("/usr/lib/grub/x86_64-efi/linux.mod"),

@@ -384,6 +384,13 @@ fn print_results(dir: &Path) {
     for (name, value) in &results {
         eprintln!("    {name}: {value}");
     }
+    let chart = dir.join("s1-timeline.svg");
+    if chart.exists() {
+        eprintln!(
+            "==> the boot's timeline as a chart (immuboot timeline --svg, scenario 1): {}",
+            chart.display()
+        );
+    }
     if let Some(table) = results::initramfs_table(&results) {
         eprintln!("==> initramfs phase (\"Run /init\" to systemd in the real root, kernel clock) and compressed size");
         eprint!("{table}");

@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Reads every result file in `dir`, by name.
+/// Reads every result file (`*.json`) in `dir`, by name.
 pub fn load(dir: &Path) -> BTreeMap<String, Value> {
     let Ok(entries) = fs::read_dir(dir) else {
         return BTreeMap::new();
     };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        .collect();
     files.sort();
     files
         .into_iter()

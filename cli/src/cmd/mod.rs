@@ -5,6 +5,7 @@ pub mod mark_good;
 pub mod reset;
 pub mod state_cmds;
 pub mod status;
+pub mod timeline;
 pub mod upgrade;
 pub mod verify;
 

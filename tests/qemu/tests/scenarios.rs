@@ -117,6 +117,26 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
         "init lines in the journal:\n{journal}"
     );
 
+    // The boot's timeline: the init's steps and systemd until the boot
+    // finished, as a table and as a chart (kept beside the results).
+    vm.run_ok("timeout 240 systemctl is-system-running --wait >/dev/null; true")?;
+    let timeline = vm.run_ok("immuboot timeline --svg /run/timeline.svg")?;
+    ensure!(
+        timeline.contains("  find partitions")
+            && timeline.contains("  write boot facts")
+            && timeline.contains("systemd until the boot finished"),
+        "{timeline}"
+    );
+    let chart = vm.run_ok("cat /run/timeline.svg")?;
+    let bars = chart.matches(r#"<rect class="bar""#).count();
+    ensure!(
+        bars >= 10 && chart.trim_end().ends_with("</svg>"),
+        "{bars} bars:\n{chart}"
+    );
+    let results = immuboot_qemu_tests::artifacts_dir().join("results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(results.join("s1-timeline.svg"), chart.replace("\r\n", "\n"))?;
+
     // The initramfs phase, on the kernel's clock.
     let dmesg = vm.run_ok("dmesg")?;
     let phase = dmesg_interval(&dmesg, "Run /init as init process", "systemd[1]: systemd ")
