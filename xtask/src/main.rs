@@ -60,7 +60,7 @@ enum Cmd {
         /// Only QEMU scenarios whose name contains this.
         #[arg(long)]
         filter: Option<String>,
-        /// Every power-cut point (57), not CI's sample (22): s18c and all
+        /// Every power-cut point (57), not CI's sample (17): s18c and all
         /// seven points of each boot-state commit in s29a-s29c.
         #[arg(long)]
         full: bool,
