@@ -68,6 +68,9 @@ pub struct Boot<S: Syscall = InitSyscall> {
     /// When the boot started, for the steps' start times (kernel uptime
     /// is `facts.uptime_start_s` at this instant).
     clock: Instant,
+    /// The step that runs now: its name, start and start on the kernel
+    /// clock (see [`Boot::record_running_step`]).
+    running: Option<(String, Instant, f64)>,
 }
 
 impl<S: Syscall> Boot<S> {
@@ -80,6 +83,7 @@ impl<S: Syscall> Boot<S> {
             fatal: FatalPolicy::default(),
             image_check: None,
             clock: Instant::now(),
+            running: None,
         }
     }
 
@@ -89,18 +93,33 @@ impl<S: Syscall> Boot<S> {
         let start = Instant::now();
         let start_s = self.facts.uptime_start_s + (start - self.clock).as_secs_f64();
         log::debug!("step '{name}' starts");
+        self.running = Some((name.into(), start, start_s));
         match f(self) {
             Ok(v) => {
                 let ms = start.elapsed().as_millis();
                 log::info!("step '{name}' done in {ms} ms");
-                self.facts.steps.push(StepTiming {
-                    name: name.into(),
-                    ms,
-                    start_s,
-                });
+                if self.running.take().is_some() {
+                    self.facts.steps.push(StepTiming {
+                        name: name.into(),
+                        ms,
+                        start_s,
+                    });
+                }
                 v
             }
             Err(e) => fatal(name, &e, &self.fatal),
+        }
+    }
+
+    /// Records the running step now, with its time so far: for the step
+    /// that writes the facts, which must be in them before they are written.
+    pub fn record_running_step(&mut self) {
+        if let Some((name, start, start_s)) = self.running.take() {
+            self.facts.steps.push(StepTiming {
+                name,
+                ms: start.elapsed().as_millis(),
+                start_s,
+            });
         }
     }
 

@@ -71,6 +71,8 @@ pub fn write_facts<S: Syscall>(
         .mkdir_all(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     b.facts.uptime_switch_s = super::uptime();
+    // This step is in the facts too (timed until here), as every step is.
+    b.record_running_step();
     let json = b.facts.to_json()?;
     b.sys
         .write_file(&dir.join(FACTS_FILE), json.as_bytes())

@@ -428,3 +428,40 @@ fn boot_facts_and_fstab_are_written_through_the_syscalls() {
     assert_eq!(written[2].1, "IMMUBOOT_MODE=active\nIMMUBOOT_SLOT=b\nIMMUBOOT_IMAGE=/cOS/b.img\nIMMUBOOT_PERSISTENCE=no\n");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn the_step_that_writes_the_facts_is_in_them_once() {
+    let d = temp("facts-step");
+    let mut b = boot(&d, RecordingSyscall::default());
+    b.facts.mode = Some(Mode::Active);
+    b.facts.target = Some(target_b());
+    let root = immuboot_mount::plan::FstabEntry {
+        source: "/dev/loop0".into(),
+        target: "/".into(),
+        fstype: "squashfs".into(),
+        options: "ro".into(),
+    };
+    b.step("arm watchdog", |_| Ok(()));
+    b.step("write boot facts", |b| handover::write_facts(b, &root, &[]));
+    let calls = b.sys.recorded();
+    let json = calls
+        .iter()
+        .find_map(|c| match c {
+            Call::WriteFile { path, contents } if path.ends_with("boot.json") => {
+                Some(String::from_utf8_lossy(contents).into_owned())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let names: Vec<String> = BootFacts::parse(&json)
+        .unwrap()
+        .steps
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["arm watchdog", "write boot facts"]);
+    // Recorded before the write, not again after it.
+    let in_memory: Vec<&str> = b.facts.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(in_memory, ["arm watchdog", "write boot facts"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
