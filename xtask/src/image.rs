@@ -51,7 +51,17 @@ const MASKED_UNITS: &[&str] = &[
     "e2scrub_reap.service",
     "fstrim.timer",
     "systemd-timesyncd.service",
+    // gettys on tty2-tty6 (Debian starts them when there is no logind):
+    // an appliance on a serial console has tty1 and ttyS0. In a boot under
+    // TCG its job ran 19 s while udev loaded modules, holding getty.target
+    // and with it multi-user.target and the boot assessment.
+    "getty-static.service",
 ];
+
+/// Kernel modules udev would load for the VM's hardware that an appliance
+/// does not use (parallel port, PC speaker): each costs a signature check
+/// and a probe on the one CPU while the boot goes on.
+const BLACKLISTED_MODULES: &[&str] = &["parport_pc", "ppdev", "pcspkr"];
 
 pub struct Variant {
     pub file: &'static str,
@@ -705,6 +715,16 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         let _ = fs::remove_file(&link);
         symlink("/dev/null", link)?;
     }
+    let modprobe = root.join("etc/modprobe.d");
+    fs::create_dir_all(&modprobe)?;
+    let blacklist: String = BLACKLISTED_MODULES
+        .iter()
+        .map(|m| format!("blacklist {m}\n"))
+        .collect();
+    fs::write(
+        modprobe.join("immuboot-demo.conf"),
+        format!("# Hardware of the VM the demo image does not use.\n{blacklist}"),
+    )?;
 
     // immuboot itself.
     let bin = root.join("usr/bin/immuboot");
