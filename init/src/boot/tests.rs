@@ -393,10 +393,10 @@ fn digest_check_fails_a_slot_and_only_warns_for_the_last_resort() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-#[test]
-fn boot_facts_and_fstab_are_written_through_the_syscalls() {
-    let d = temp("facts");
-    let mut b = boot(&d, RecordingSyscall::default());
+/// A boot of slot b whose root is the squashfs on /dev/loop0, and that
+/// root's fstab entry: what the facts step writes about.
+fn booted_slot_b_on_loop0(d: &Path) -> (Boot<RecordingSyscall>, immuboot_mount::plan::FstabEntry) {
+    let mut b = boot(d, RecordingSyscall::default());
     b.facts.mode = Some(Mode::Active);
     b.facts.target = Some(target_b());
     let root = immuboot_mount::plan::FstabEntry {
@@ -405,9 +405,13 @@ fn boot_facts_and_fstab_are_written_through_the_syscalls() {
         fstype: "squashfs".into(),
         options: "ro".into(),
     };
-    handover::write_facts(&mut b, &root, &[]).unwrap();
-    let calls = b.sys.recorded();
-    let written: Vec<(PathBuf, String)> = calls
+    (b, root)
+}
+
+/// The files the boot wrote through its syscalls, in order, as text.
+fn written_files(b: &Boot<RecordingSyscall>) -> Vec<(PathBuf, String)> {
+    b.sys
+        .recorded()
         .iter()
         .filter_map(|c| match c {
             Call::WriteFile { path, contents } => {
@@ -415,7 +419,15 @@ fn boot_facts_and_fstab_are_written_through_the_syscalls() {
             }
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn boot_facts_and_fstab_are_written_through_the_syscalls() {
+    let d = temp("facts");
+    let (mut b, root) = booted_slot_b_on_loop0(&d);
+    handover::write_facts(&mut b, &root, &[]).unwrap();
+    let written = written_files(&b);
     assert_eq!(written[0].0, d.join("sysroot/etc/fstab"));
     assert!(
         written[0].1.contains("/dev/loop0 / squashfs ro"),
@@ -432,26 +444,12 @@ fn boot_facts_and_fstab_are_written_through_the_syscalls() {
 #[test]
 fn the_step_that_writes_the_facts_is_in_them_once() {
     let d = temp("facts-step");
-    let mut b = boot(&d, RecordingSyscall::default());
-    b.facts.mode = Some(Mode::Active);
-    b.facts.target = Some(target_b());
-    let root = immuboot_mount::plan::FstabEntry {
-        source: "/dev/loop0".into(),
-        target: "/".into(),
-        fstype: "squashfs".into(),
-        options: "ro".into(),
-    };
+    let (mut b, root) = booted_slot_b_on_loop0(&d);
     b.step("arm watchdog", |_| Ok(()));
     b.step("write boot facts", |b| handover::write_facts(b, &root, &[]));
-    let calls = b.sys.recorded();
-    let json = calls
-        .iter()
-        .find_map(|c| match c {
-            Call::WriteFile { path, contents } if path.ends_with("boot.json") => {
-                Some(String::from_utf8_lossy(contents).into_owned())
-            }
-            _ => None,
-        })
+    let (_, json) = written_files(&b)
+        .into_iter()
+        .find(|(path, _)| path.ends_with("boot.json"))
         .unwrap();
     let names: Vec<String> = BootFacts::parse(&json)
         .unwrap()
