@@ -101,6 +101,15 @@ pub fn dracut_version(initrd_release: &str) -> Option<String> {
     })
 }
 
+/// Peak resident memory in KiB (`VmHWM`) from the text of
+/// `/proc/PID/status`.
+pub fn peak_rss_kib(proc_status: &str) -> Option<u64> {
+    proc_status.lines().find_map(|l| {
+        let v = l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?;
+        v.trim().parse().ok()
+    })
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BootFacts {
@@ -143,6 +152,9 @@ pub struct BootFacts {
     /// Kernel uptime when the init started and when it switched root.
     pub uptime_start_s: f64,
     pub uptime_switch_s: f64,
+    /// The init's peak resident memory (KiB) when it wrote the facts.
+    #[serde(default)]
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl BootFacts {
@@ -198,6 +210,14 @@ impl BootFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_memory_is_read_from_vmhwm() {
+        let status = "Name:\tinit\nVmPeak:\t   9000 kB\nVmHWM:\t    4321 kB\nVmRSS:\t 4000 kB\n";
+        assert_eq!(peak_rss_kib(status), Some(4321));
+        assert_eq!(peak_rss_kib("Name:\tinit\n"), None);
+        assert_eq!(peak_rss_kib("VmHWM:\t lots kB\n"), None);
+    }
 
     #[test]
     fn initramfs_kind_and_dracut_version() {

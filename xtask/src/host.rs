@@ -69,6 +69,13 @@ const NEEDS: &[(Probe, &[&str])] = &[
         Probe::File("/usr/share/debootstrap/scripts/bookworm"),
         &["debootstrap"],
     ),
+    // The floor of `cargo xtask bench boot`: a static busybox as the
+    // sequential /init script (the dynamic `busybox` package would need
+    // its libraries in the initramfs).
+    (
+        Probe::File("/var/lib/dpkg/info/busybox-static.list"),
+        &["busybox-static"],
+    ),
 ];
 
 /// Packages built from one source that only work (or install) together at

@@ -78,6 +78,22 @@ pub fn build(
     module_list_file: &Path,
     out: &Path,
 ) -> Result<u64> {
+    let init_bytes =
+        std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
+    build_with(&init_bytes, &[], modules_dir, kver, module_list_file, out)
+}
+
+/// Builds an initramfs with `init_bytes` as `/init`, the `extra` executables
+/// (path in the archive, contents) and the same kernel modules as
+/// [`build`]; returns its compressed size in bytes.
+pub fn build_with(
+    init_bytes: &[u8],
+    extra: &[(&str, &[u8])],
+    modules_dir: &Path,
+    kver: &str,
+    module_list_file: &Path,
+    out: &Path,
+) -> Result<u64> {
     let list = module_list(module_list_file)?;
     let wanted = list.all();
     let read = |f: &str| {
@@ -109,9 +125,10 @@ pub fn build(
     // The kernel opens /dev/console for init's stdio before /dev is mounted.
     a.entry("dev/console", 0o020600, &[], Some((5, 1)))?;
     a.entry("dev/null", 0o020666, &[], Some((1, 3)))?;
-    let init_bytes =
-        std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
-    a.file("init", 0o755, &init_bytes)?;
+    a.file("init", 0o755, init_bytes)?;
+    for (path, data) in extra {
+        a.file(path, 0o755, data)?;
+    }
     a.file("etc/immuboot/modules", 0o644, list.render().as_bytes())?;
     // The index files, limited to the modules in the archive.
     let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_boot;
 mod config;
 mod disk;
 mod fuzz;
@@ -78,9 +79,33 @@ enum Cmd {
     },
     /// Install the host packages the build needs (apt-get, as root).
     Deps,
-    /// Measure `immuboot upgrade` against cp + sync and against skopeo +
-    /// umoci + mksquashfs on this host; prints numbers and ratios.
-    Bench,
+    /// Benchmarks: they print numbers and ratios and assert nothing.
+    Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// `immuboot upgrade` against cp + sync and against skopeo + umoci +
+    /// mksquashfs on this host (the default).
+    Upgrade,
+    /// Real boots in QEMU, one VM at a time, median of several: immuboot
+    /// standalone, in dracut, and started directly; the busybox floor;
+    /// Debian's dracut and initramfs-tools on a plain ext4 root. Writes
+    /// target/immuboot/results/bench-boot.{json,md}.
+    Boot {
+        /// Debian suite of the demo OS.
+        #[arg(long, value_enum, default_value_t)]
+        suite: config::Suite,
+        /// Boots per variant.
+        #[arg(long, default_value_t = 3)]
+        boots: usize,
+        /// Only variants whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 fn main() {
@@ -91,9 +116,12 @@ fn main() {
         Cmd::Test { unit, filter, full } => test(unit, filter, full),
         Cmd::Fuzz { time, target } => fuzz::fuzz(time, target),
         Cmd::Deps => host::ensure(),
-        Cmd::Bench => step("host tools", host::ensure)
-            .and_then(|()| step("static init and CLI", build_static))
-            .and_then(|(_, cli)| step("upgrade benchmark", || bench::bench(&cli))),
+        Cmd::Bench { what } => match what.unwrap_or(BenchWhat::Upgrade) {
+            BenchWhat::Upgrade => step("host tools", host::ensure)
+                .and_then(|()| step("static init and CLI", build_static))
+                .and_then(|(_, cli)| step("upgrade benchmark", || bench::bench(&cli))),
+            BenchWhat::Boot { suite, boots, only } => bench_boot(suite, boots, only),
+        },
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -145,6 +173,24 @@ fn prepare() -> Result<(PathBuf, PathBuf)> {
         bail!("building the demo image needs root (mmdebstrap, file ownership in the root file system, dracut in a chroot)");
     }
     step("static init and CLI", build_static)
+}
+
+/// Builds both configurations of `suite`, then boots them and the
+/// yardsticks (xtask/src/bench_boot.rs).
+fn bench_boot(suite: config::Suite, boots: usize, only: Option<String>) -> Result<()> {
+    if boots == 0 {
+        bail!("--boots must be at least 1");
+    }
+    let (init, cli) = prepare()?;
+    let (standalone, dracut) = bench_boot::configs(suite);
+    for c in [standalone, dracut] {
+        step(&format!("configuration {c}"), || {
+            build_config(c, &init, &cli)
+        })?;
+    }
+    step("boot benchmark", || {
+        bench_boot::bench_boot(suite, boots, only, &standalone, &dracut)
+    })
 }
 
 fn build_all(config: Config) -> Result<Manifest> {

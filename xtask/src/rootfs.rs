@@ -28,11 +28,28 @@ pub const PACKAGES: &[&str] = &[
     "dracut",
 ];
 
+/// A root file system with Debian's default initramfs tool instead of
+/// dracut, for `cargo xtask bench boot`: installing the kernel runs
+/// initramfs-tools' hook, which leaves `/boot/initrd.img-KVER` in it.
+pub const INITRAMFS_TOOLS_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "linux-image-amd64",
+    "initramfs-tools",
+];
+
 pub fn tarball(suite: Suite) -> Result<PathBuf> {
+    tarball_of(suite, PACKAGES)
+}
+
+/// The root file system of `suite` with `packages` (mmdebstrap's minbase
+/// variant), cached.
+pub fn tarball_of(suite: Suite, packages: &[&str]) -> Result<PathBuf> {
     let name = suite.name();
     let key = Stamp::default()
         .text(name)
-        .text(&PACKAGES.join(","))
+        .text(&packages.join(","))
         .text("minbase")
         .hex();
     let dir = cache_dir();
@@ -51,7 +68,7 @@ pub fn tarball(suite: Suite) -> Result<PathBuf> {
     let partial = tar.with_extension("tar.partial");
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--variant=minbase", "--quiet", "--format=tar"])
-        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(format!("--include={}", packages.join(",")))
         .arg(name)
         .arg(&partial);
     if let Some(m) = &mirror {

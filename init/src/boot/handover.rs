@@ -71,6 +71,10 @@ pub fn write_facts<S: Syscall>(
         .mkdir_all(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     b.facts.uptime_switch_s = super::uptime();
+    b.facts.peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(immuboot_mount::facts::peak_rss_kib);
     // This step is in the facts too (timed until here), as every step is.
     b.record_running_step();
     let json = b.facts.to_json()?;

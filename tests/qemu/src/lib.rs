@@ -15,6 +15,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod timing;
+
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const ROOT_PASSWORD: &str = "immuboot";
@@ -452,6 +454,9 @@ pub struct Vm {
     child: Child,
     stdin: ChildStdin,
     output: Arc<Mutex<String>>,
+    /// Per piece of output: its end offset in `output` and when it arrived
+    /// (seconds since `started`), for [`Vm::timed_console`].
+    arrivals: Arc<Mutex<Vec<(usize, f64)>>>,
     cursor: usize,
     seq: u32,
     pub log: PathBuf,
@@ -460,6 +465,7 @@ pub struct Vm {
 
 impl Vm {
     pub fn start(args: &[String], log: &Path) -> Result<Vm> {
+        let started = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
             .args(args)
             .stdin(Stdio::piped())
@@ -468,12 +474,14 @@ impl Vm {
             .spawn()
             .context("cannot start qemu-system-x86_64 (package qemu-system-x86)")?;
         let output = Arc::new(Mutex::new(String::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let mut logfile = std::fs::File::create(log)?;
         for stream in [
             Box::new(child.stdout.take().context("stdout")?) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().context("stderr")?),
         ] {
             let output = Arc::clone(&output);
+            let arrivals = Arc::clone(&arrivals);
             let mut logfile = logfile.try_clone()?;
             let mut stream = stream;
             std::thread::spawn(move || {
@@ -486,6 +494,9 @@ impl Vm {
                     let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
                     if let Ok(mut out) = output.lock() {
                         out.push_str(&text);
+                        if let Ok(mut a) = arrivals.lock() {
+                            a.push((out.len(), started.elapsed().as_secs_f64()));
+                        }
                     }
                 }
             });
@@ -496,16 +507,31 @@ impl Vm {
             child,
             stdin,
             output,
+            arrivals,
             cursor: 0,
             seq: 0,
             log: log.into(),
-            started: Instant::now(),
+            started,
         })
     }
 
     /// Everything the console printed so far.
     pub fn console(&self) -> String {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Everything the console printed so far, with when each piece arrived.
+    pub fn timed_console(&self) -> timing::TimedConsole {
+        // Output first: every arrival recorded then ends within it.
+        let text = self.console();
+        let arrivals = self.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+        timing::TimedConsole {
+            arrivals: arrivals
+                .into_iter()
+                .filter(|&(end, _)| end <= text.len())
+                .collect(),
+            text,
+        }
     }
 
     fn tail(&self) -> String {

@@ -1,0 +1,653 @@
+//! `cargo xtask bench boot`: real boots of one suite's demo OS under the
+//! scenarios' VM (q35, OVMF, TCG, one vCPU), one VM at a time, the variants
+//! alternating, median of `--boots` boots each. Prints a table and writes
+//! `target/immuboot/results/bench-boot.{json,md}`; asserts nothing.
+//!
+//! The variants:
+//! - `immuboot`: the demo disk as it ships, firmware → GRUB → immuboot's
+//!   standalone initramfs → systemd → login prompt;
+//! - `immuboot dracut`: the same with the dracut initramfs and the immuboot
+//!   module (the `SUITE-dracut` configuration);
+//! - `immuboot direct`: the standalone initramfs started by QEMU (`-kernel`)
+//!   on the demo disk, no GRUB: its initramfs phase compares with the
+//!   direct boots below;
+//! - `busybox script`: the floor, a sequential busybox `/init` doing the
+//!   init's essential work (image/bench/busybox-init.sh) on the demo disk;
+//! - `Debian dracut` and `Debian initramfs-tools`: the distribution's own
+//!   initramfs, without immuboot, booting a plain ext4 copy of the same
+//!   root file system read-write, as users run Debian today.
+
+use crate::config::{Config, InitramfsKind, Suite};
+use crate::initramfs;
+use crate::rootfs;
+use crate::util::{out_dir, run, workspace_root, Stamp};
+use anyhow::{bail, Context, Result};
+use immuboot_qemu_tests::timing::{boot_phases, median, BootPhases};
+use immuboot_qemu_tests::{qemu_args, Machine, Vm, OVMF_VARS};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The kernel command line of the serial console the scenarios use.
+const CONSOLE: &str = "console=ttyS0,115200 printk.devkmsg=on panic=10";
+
+/// What a variant boots.
+enum Boot {
+    /// The configuration's disk through the firmware and GRUB.
+    Disk { config: String },
+    /// `kernel` + `initrd` started by QEMU on the configuration's disk.
+    DirectOnDisk {
+        config: String,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+    /// `kernel` + `initrd` started by QEMU on the plain ext4 root.
+    DirectOnPlainRoot {
+        root: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+}
+
+struct Variant {
+    name: &'static str,
+    boot: Boot,
+    initramfs: PathBuf,
+    /// The line the init logs when it hands over to systemd, if any.
+    handover: Option<&'static str>,
+    /// Booted by immuboot: the boot facts hold the init's steps and memory.
+    immuboot: bool,
+}
+
+/// The init's steps: name and milliseconds.
+type Steps = Vec<(String, f64)>;
+
+/// One boot's figures.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    phases: BootPhases,
+    /// From the boot facts.
+    steps: Steps,
+    peak_rss_kib: Option<u64>,
+    log: PathBuf,
+}
+
+/// The medians of one variant.
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    variant: String,
+    boots: usize,
+    initramfs_bytes: u64,
+    phases: BTreeMap<&'static str, Option<f64>>,
+    steps_ms: Steps,
+    peak_rss_kib: Option<f64>,
+    samples: Vec<Sample>,
+}
+
+/// The rows of the phase table: a field of [`BootPhases`] and its label.
+const PHASES: &[(&str, &str)] = &[
+    (
+        "firmware_s",
+        "firmware (to GRUB, or to the kernel when direct)",
+    ),
+    ("grub_check_s", "GRUB: checking kernel + initramfs digests"),
+    (
+        "grub_other_s",
+        "GRUB: boot state, loading kernel + initramfs",
+    ),
+    ("kernel_s", "kernel until \"Run /init\" (kernel clock)"),
+    (
+        "initramfs_s",
+        "initramfs phase (\"Run /init\" → systemd in the root)",
+    ),
+    ("init_own_s", "  of which the init's own part (→ hand-over)"),
+    ("systemd_to_login_s", "systemd until the login prompt"),
+    ("power_on_to_login_s", "power-on → login prompt"),
+];
+
+fn phase(p: &BootPhases, key: &str) -> Option<f64> {
+    match key {
+        "firmware_s" => p.firmware_s,
+        "grub_check_s" => p.grub_check_s,
+        "grub_other_s" => p.grub_other_s,
+        "kernel_s" => p.kernel_s,
+        "initramfs_s" => p.initramfs_s,
+        "init_own_s" => p.init_own_s,
+        "systemd_to_login_s" => p.systemd_to_login_s,
+        "power_on_to_login_s" => p.power_on_to_login_s,
+        _ => None,
+    }
+}
+
+pub fn bench_boot(
+    suite: Suite,
+    boots: usize,
+    only: Option<String>,
+    standalone: &Config,
+    dracut: &Config,
+) -> Result<()> {
+    let inputs = prepare(suite, standalone, dracut)?;
+    let mut variants = variants(standalone, dracut, &inputs);
+    if let Some(only) = &only {
+        variants.retain(|v| v.name.contains(only.as_str()));
+        if variants.is_empty() {
+            bail!("no variant's name contains {only:?}");
+        }
+    }
+    let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    // Alternating, so a slow stretch of the host spreads over all variants.
+    for round in 1..=boots {
+        for (v, out) in variants.iter().zip(samples.iter_mut()) {
+            eprintln!("    boot {round}/{boots}: {}", v.name);
+            let s = boot_once(v, round).with_context(|| format!("boot {round} of {}", v.name))?;
+            eprintln!(
+                "      initramfs {}, power-on → login {}",
+                secs(s.phases.initramfs_s),
+                secs(s.phases.power_on_to_login_s)
+            );
+            out.push(s);
+        }
+    }
+    let summaries: Vec<Summary> = variants
+        .iter()
+        .zip(samples)
+        .map(|(v, s)| summarize(v, s))
+        .collect::<Result<_>>()?;
+    let md = markdown(suite, &summaries);
+    eprintln!("{md}");
+    let dir = out_dir().join("results");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("bench-boot.md"), &md)?;
+    fs::write(
+        dir.join("bench-boot.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "suite": suite.name(),
+            "vm": "q35, OVMF, TCG, 1 vCPU, 1 GiB, one VM at a time",
+            "variants": summaries,
+        }))?,
+    )?;
+    eprintln!(
+        "    written: {} and bench-boot.json",
+        dir.join("bench-boot.md").display()
+    );
+    Ok(())
+}
+
+/// What the variants beyond the built configurations need.
+struct Inputs {
+    kernel: PathBuf,
+    plain_root: PathBuf,
+    busybox_initrd: PathBuf,
+    itools_kernel: PathBuf,
+    itools_initrd: PathBuf,
+}
+
+fn bench_dir(suite: Suite) -> PathBuf {
+    out_dir().join("bench-boot").join(suite.name())
+}
+
+fn prepare(suite: Suite, standalone: &Config, dracut: &Config) -> Result<Inputs> {
+    let dir = bench_dir(suite);
+    fs::create_dir_all(&dir)?;
+    let images = standalone.out_dir().join("images");
+    let kernel = dir.join("vmlinuz");
+    extract(&images.join("a.img"), "boot/vmlinuz", &kernel)?;
+    let plain_root = dir.join("plain-root.ext4");
+    plain_ext4_root(&dracut.out_dir().join("images/a.img"), &plain_root)?;
+    let busybox_initrd = dir.join("busybox-initrd.img");
+    busybox_initramfs(standalone, &busybox_initrd)?;
+    let (itools_kernel, itools_initrd) = initramfs_tools(suite, &dir)?;
+    Ok(Inputs {
+        kernel,
+        plain_root,
+        busybox_initrd,
+        itools_kernel,
+        itools_initrd,
+    })
+}
+
+fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Variant> {
+    let sa = standalone.out_dir();
+    let plain_append = format!("root=/dev/vda rootfstype=ext4 rw {CONSOLE}");
+    vec![
+        Variant {
+            name: "immuboot",
+            boot: Boot::Disk {
+                config: config_arg(standalone),
+            },
+            initramfs: sa.join("initrd.img"),
+            handover: Some("immuboot: switching root to"),
+            immuboot: true,
+        },
+        Variant {
+            name: "immuboot dracut",
+            boot: Boot::Disk {
+                config: config_arg(dracut),
+            },
+            initramfs: dracut.out_dir().join("initrd.img"),
+            handover: Some("immuboot: /sysroot is ready"),
+            immuboot: true,
+        },
+        Variant {
+            name: "immuboot direct",
+            boot: Boot::DirectOnDisk {
+                config: config_arg(standalone),
+                kernel: inputs.kernel.clone(),
+                initrd: sa.join("initrd.img"),
+                append: format!(
+                    "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
+                     immuboot.slot=a {CONSOLE}"
+                ),
+            },
+            initramfs: sa.join("initrd.img"),
+            handover: Some("immuboot: switching root to"),
+            immuboot: true,
+        },
+        Variant {
+            name: "busybox script",
+            boot: Boot::DirectOnDisk {
+                config: config_arg(standalone),
+                kernel: inputs.kernel.clone(),
+                initrd: inputs.busybox_initrd.clone(),
+                append: CONSOLE.into(),
+            },
+            initramfs: inputs.busybox_initrd.clone(),
+            handover: Some("bench-init: switching root"),
+            immuboot: false,
+        },
+        Variant {
+            name: "Debian dracut",
+            boot: Boot::DirectOnPlainRoot {
+                root: inputs.plain_root.clone(),
+                kernel: inputs.kernel.clone(),
+                initrd: dracut.out_dir().join("dracut-plain.img"),
+                append: plain_append.clone(),
+            },
+            initramfs: dracut.out_dir().join("dracut-plain.img"),
+            handover: None,
+            immuboot: false,
+        },
+        Variant {
+            name: "Debian initramfs-tools",
+            boot: Boot::DirectOnPlainRoot {
+                root: inputs.plain_root.clone(),
+                kernel: inputs.itools_kernel.clone(),
+                initrd: inputs.itools_initrd.clone(),
+                append: plain_append,
+            },
+            initramfs: inputs.itools_initrd.clone(),
+            handover: None,
+            immuboot: false,
+        },
+    ]
+}
+
+/// The harness's name of a configuration ("" for the default).
+fn config_arg(c: &Config) -> String {
+    if c.is_default() {
+        String::new()
+    } else {
+        c.name()
+    }
+}
+
+fn boot_once(v: &Variant, round: usize) -> Result<Sample> {
+    let name = format!("bench-{}-{round}", v.name.replace(' ', "-"));
+    let mut vm = match &v.boot {
+        Boot::Disk { config } => Machine::new_in(&name, config)?.boot()?,
+        Boot::DirectOnDisk {
+            config,
+            kernel,
+            initrd,
+            append,
+        } => Machine::new_in(&name, config)?.boot_kernel(kernel, initrd, append)?,
+        Boot::DirectOnPlainRoot {
+            root,
+            kernel,
+            initrd,
+            append,
+        } => boot_plain_root(&name, root, kernel, initrd, append)?,
+    };
+    let at_login = vm.expect(r"login: ", Duration::from_secs(600));
+    let console = vm.timed_console();
+    at_login.with_context(|| format!("no login prompt; console log {}", vm.log.display()))?;
+    let phases = boot_phases(&console, v.handover);
+    let (steps, peak_rss_kib) = if v.immuboot {
+        init_facts(&mut vm)?
+    } else {
+        (Vec::new(), None)
+    };
+    let log = vm.log.clone();
+    vm.power_cut()?;
+    Ok(Sample {
+        phases,
+        steps,
+        peak_rss_kib,
+        log,
+    })
+}
+
+/// A machine of its own for a plain root: an overlay over the ext4 copy.
+fn boot_plain_root(
+    name: &str,
+    root: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+) -> Result<Vm> {
+    let dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let overlay = dir.join("root.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(root)
+        .arg(&overlay))?;
+    let vars = dir.join("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
+    let mut args = qemu_args(&overlay, "qcow2", &vars, false);
+    args.extend([
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        append.into(),
+    ]);
+    Vm::start(&args, &dir.join("boot1.log"))
+}
+
+/// The init's steps and peak memory, from the boot facts of the running
+/// guest.
+fn init_facts(vm: &mut Vm) -> Result<(Steps, Option<u64>)> {
+    vm.login()?;
+    let text = vm.run_ok("cat /run/immuboot/boot.json")?;
+    let facts: serde_json::Value =
+        serde_json::from_str(&text).context("the boot facts are not JSON")?;
+    let steps = facts["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["ms"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((steps, facts["peak_rss_kib"].as_u64()))
+}
+
+fn summarize(v: &Variant, samples: Vec<Sample>) -> Result<Summary> {
+    let phases = PHASES
+        .iter()
+        .map(|(key, _)| {
+            let values: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| phase(&s.phases, key))
+                .collect();
+            (*key, median(&values))
+        })
+        .collect();
+    // Steps in the order of the first boot, each the median over the boots.
+    let steps_ms = samples
+        .first()
+        .map(|first| {
+            first
+                .steps
+                .iter()
+                .map(|(name, _)| {
+                    let values: Vec<f64> = samples
+                        .iter()
+                        .filter_map(|s| s.steps.iter().find(|(n, _)| n == name).map(|(_, ms)| *ms))
+                        .collect();
+                    (name.clone(), median(&values).unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rss: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.peak_rss_kib.map(|k| k as f64))
+        .collect();
+    Ok(Summary {
+        variant: v.name.into(),
+        boots: samples.len(),
+        initramfs_bytes: fs::metadata(&v.initramfs)
+            .with_context(|| format!("cannot read {}", v.initramfs.display()))?
+            .len(),
+        phases,
+        steps_ms,
+        peak_rss_kib: median(&rss),
+        samples,
+    })
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2} s"))
+}
+
+/// The report: phases per variant, ratios against the floor and against
+/// Debian's dracut, the immuboot init's steps.
+fn markdown(suite: Suite, all: &[Summary]) -> String {
+    let mut md = String::new();
+    let boots = all.iter().map(|s| s.boots).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "Boot benchmark, Debian {}: q35, OVMF, TCG, 1 vCPU, one VM at a time, median of {boots} boots.\n",
+        suite.name()
+    );
+    let _ = write!(md, "| phase |");
+    for s in all {
+        let _ = write!(md, " {} |", s.variant);
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in all {
+        let _ = write!(md, "---:|");
+    }
+    md.push('\n');
+    for (key, label) in PHASES {
+        let _ = write!(md, "| {label} |");
+        for s in all {
+            let _ = write!(md, " {} |", secs(s.phases[key]));
+        }
+        md.push('\n');
+    }
+    let _ = write!(md, "| initramfs size (compressed) |");
+    for s in all {
+        let _ = write!(md, " {:.2} MB |", s.initramfs_bytes as f64 / 1e6);
+    }
+    let _ = write!(md, "\n| init's peak memory |");
+    for s in all {
+        let mem = s
+            .peak_rss_kib
+            .map_or("-".into(), |k| format!("{:.1} MiB", k / 1024.0));
+        let _ = write!(md, " {mem} |");
+    }
+    md.push('\n');
+    let find = |name: &str| all.iter().find(|s| s.variant == name);
+    for (against, what) in [
+        ("busybox script", "the busybox floor"),
+        ("Debian dracut", "Debian's dracut"),
+    ] {
+        let Some(base) = find(against) else { continue };
+        let _ = writeln!(md, "\nRatios against {what} (time, variant / {against}):\n");
+        let _ = writeln!(
+            md,
+            "| variant | initramfs phase | init's own part | power-on → login |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|");
+        for s in all.iter().filter(|s| s.variant != against) {
+            let ratio = |key: &str| match (s.phases[key], base.phases[key]) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                s.variant,
+                ratio("initramfs_s"),
+                ratio("init_own_s"),
+                ratio("power_on_to_login_s")
+            );
+        }
+    }
+    for s in all.iter().filter(|s| !s.steps_ms.is_empty()) {
+        let _ = writeln!(md, "\nSteps of the init, {} (median ms):\n", s.variant);
+        let _ = writeln!(md, "| step | ms |\n|---|---:|");
+        for (name, ms) in &s.steps_ms {
+            let _ = writeln!(md, "| {name} | {ms:.0} |");
+        }
+    }
+    md
+}
+
+/// `inner` of the squashfs `image`, copied out to `dest`.
+fn extract(image: &Path, inner: &str, dest: &Path) -> Result<()> {
+    let out = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(image)
+        .arg(inner)
+        .output()
+        .context("unsquashfs (package squashfs-tools)")?;
+    if !out.status.success() {
+        bail!("unsquashfs -cat {} {inner} failed", image.display());
+    }
+    fs::write(dest, out.stdout)?;
+    Ok(())
+}
+
+/// An ext4 file system holding exactly the files of the squashfs `image`.
+fn plain_ext4_root(image: &Path, out: &Path) -> Result<()> {
+    let stamp = Stamp::default()
+        .file(&image.with_extension("img.stamp"))?
+        .text("ext4-v1");
+    if stamp.is_current(out) {
+        return Ok(());
+    }
+    let tree = out.with_extension("tree");
+    if tree.exists() {
+        fs::remove_dir_all(&tree)?;
+    }
+    run(Command::new("unsquashfs")
+        .args(["-quiet", "-no-progress", "-d"])
+        .arg(&tree)
+        .arg(image))?;
+    let du = Command::new("du").arg("-sb").arg(&tree).output()?;
+    let bytes: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("du of the root file system")?;
+    let _ = fs::remove_file(out);
+    // Room for metadata, and for what a booted system writes.
+    fs::File::create(out)?.set_len(crate::disk::mib_for(bytes + bytes / 2, 256) << 20)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "plain-root", "-d"])
+        .arg(&tree)
+        .arg(out))?;
+    fs::remove_dir_all(&tree)?;
+    stamp.record(out)
+}
+
+/// The floor's initramfs: busybox, the script as /init, and the same
+/// kernel modules as immuboot's.
+fn busybox_initramfs(standalone: &Config, out: &Path) -> Result<()> {
+    let script_path = workspace_root().join("image/bench/busybox-init.sh");
+    let busybox_path = Path::new("/bin/busybox");
+    let release_file = standalone.out_dir().join("images/kernel-release");
+    let kver = fs::read_to_string(&release_file)
+        .with_context(|| format!("cannot read {}", release_file.display()))?;
+    let kver = kver.trim();
+    let modules = standalone
+        .out_dir()
+        .join("rootfs/usr/lib/modules")
+        .join(kver);
+    let list = workspace_root().join("image/initramfs-modules");
+    let stamp = Stamp::default()
+        .file(&script_path)?
+        .file(busybox_path)?
+        .file(&list)?
+        .text(kver);
+    if stamp.is_current(out) {
+        return Ok(());
+    }
+    let script = fs::read(&script_path)?;
+    let busybox = fs::read(busybox_path).with_context(|| {
+        format!(
+            "cannot read {} (package busybox-static)",
+            busybox_path.display()
+        )
+    })?;
+    initramfs::build_with(
+        &script,
+        &[("bin/busybox", &busybox)],
+        &modules,
+        kver,
+        &list,
+        out,
+    )?;
+    stamp.record(out)
+}
+
+/// Debian's initramfs-tools initramfs and the kernel it was made for: a
+/// root file system with initramfs-tools instead of dracut (mmdebstrap,
+/// cached), where the kernel package's hook made `/boot/initrd.img-*`.
+fn initramfs_tools(suite: Suite, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let tar = rootfs::tarball_of(suite, rootfs::INITRAMFS_TOOLS_PACKAGES)?;
+    let kernel = dir.join("itools-vmlinuz");
+    let initrd = dir.join("itools-initrd.img");
+    let stamp = Stamp::default()
+        .text(&tar.display().to_string())
+        .text("itools-v1");
+    if stamp.is_current(&initrd) && kernel.exists() {
+        return Ok((kernel, initrd));
+    }
+    let unpack = dir.join("itools-boot");
+    if unpack.exists() {
+        fs::remove_dir_all(&unpack)?;
+    }
+    fs::create_dir_all(&unpack)?;
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpack)
+        .args(["--wildcards", "./boot/vmlinuz-*", "./boot/initrd.img-*"]))?;
+    let pick = |prefix: &str| -> Result<PathBuf> {
+        fs::read_dir(unpack.join("boot"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .with_context(|| format!("no /boot/{prefix}* in {}", tar.display()))
+    };
+    fs::copy(pick("vmlinuz-")?, &kernel)?;
+    fs::copy(pick("initrd.img-")?, &initrd)?;
+    fs::remove_dir_all(&unpack)?;
+    stamp.record(&initrd)?;
+    Ok((kernel, initrd))
+}
+
+/// The two configurations of `suite` the benchmark boots.
+pub fn configs(suite: Suite) -> (Config, Config) {
+    (
+        Config {
+            suite,
+            initramfs: InitramfsKind::Standalone,
+        },
+        Config {
+            suite,
+            initramfs: InitramfsKind::Dracut,
+        },
+    )
+}
