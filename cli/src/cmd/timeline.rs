@@ -115,6 +115,12 @@ pub fn build(facts: &BootFacts, loader: LoaderTimes, systemd: Option<SystemdTime
         t.rows.push(row(&s.name, start, duration, 1));
         next = start + duration;
     }
+    if let Some(kib) = facts.peak_rss_kib {
+        t.notes.push(format!(
+            "the init's peak memory: {:.1} MiB (its VmHWM when it wrote the boot facts)",
+            kib as f64 / 1024.0
+        ));
+    }
     match systemd.map(|s| s.finish_us) {
         None => t
             .notes
@@ -315,7 +321,16 @@ mod tests {
         let systemd = SystemdTimes {
             finish_us: Some(24_000_000),
         };
-        let t = build(&facts(), loader, Some(systemd));
+        let mut f = facts();
+        f.peak_rss_kib = Some(5 * 1024 + 512);
+        let t = build(&f, loader, Some(systemd));
+        assert!(
+            t.notes
+                .iter()
+                .any(|n| n.starts_with("the init's peak memory: 5.5 MiB")),
+            "{:?}",
+            t.notes
+        );
         let names: Vec<_> = t.rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
@@ -338,7 +353,7 @@ mod tests {
             (systemd_row.start_s - 5.6).abs() < 1e-9
                 && (systemd_row.duration_s - 18.4).abs() < 1e-9
         );
-        assert!(t.notes.is_empty(), "{:?}", t.notes);
+        assert_eq!(t.notes.len(), 1, "only the memory note: {:?}", t.notes);
         let table = table(&t);
         assert!(table.contains("  find partitions"), "{table}");
         assert!(table.contains("  3.300 s    1.200 s"), "{table}");
