@@ -368,7 +368,7 @@ fn boot_plain_root(
 /// The init's steps and peak memory, from the boot facts of the running
 /// guest.
 fn init_facts(vm: &mut Vm) -> Result<(Steps, Option<u64>)> {
-    vm.login()?;
+    vm.log_in_at_prompt()?;
     let text = vm.run_ok("cat /run/immuboot/boot.json")?;
     let facts: serde_json::Value =
         serde_json::from_str(&text).context("the boot facts are not JSON")?;

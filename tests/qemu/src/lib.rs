@@ -614,6 +614,12 @@ impl Vm {
     pub fn login(&mut self) -> Result<Duration> {
         self.expect(r"login: ", Duration::from_secs(400))?;
         let at = self.started.elapsed();
+        self.log_in_at_prompt()?;
+        Ok(at)
+    }
+
+    /// Logs in as root when the login prompt has already been seen.
+    pub fn log_in_at_prompt(&mut self) -> Result<()> {
         self.send("root\n")?;
         self.expect("Password: ", Duration::from_secs(60))?;
         self.send(&format!("{ROOT_PASSWORD}\n"))?;
@@ -621,7 +627,7 @@ impl Vm {
         // No line editing and no echo: the console shows only output.
         self.send("set +o emacs +o vi; stty -echo; dmesg -n 1; export SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb\n")?;
         self.run_ok("true")?;
-        Ok(at)
+        Ok(())
     }
 
     /// Runs a shell command; returns its exit code and output.
