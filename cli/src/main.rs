@@ -90,14 +90,32 @@ enum Command {
     /// an OCI image layout directory (or oci:DIR[:TAG]), a docker-archive
     /// tar (docker-archive:FILE), or a registry reference
     /// (REGISTRY/REPO:TAG, docker://REF).
+    ///
+    /// When the booted slot, or the slot already on trial, holds exactly
+    /// that image (the same SHA-256 for a squashfs, the same manifest
+    /// digest for an OCI image), nothing is written and it says so.
+    #[command(after_help = "\
+An OCI source's manifest digest is resolved first, without downloading \
+layers; a squashfs is hashed only when a slot has the same length. A \
+directory has no identity and is always written. --recovery always writes.
+
+Exit status: 0 when the image was written or was there already (--check: \
+nothing to do), 100 with --check when an upgrade would write a slot, 1 on \
+any other error, 2 on a usage error.")]
     Upgrade {
         source: String,
         /// Write the recovery image instead of a slot.
         #[arg(long)]
         recovery: bool,
-        /// Reboot into the new slot when done.
+        /// Reboot into the new slot when done (not when nothing was written).
         #[arg(long)]
         reboot: bool,
+        /// Only say whether an upgrade would write a slot; change nothing.
+        #[arg(long, conflicts_with_all = ["recovery", "force", "reboot"])]
+        check: bool,
+        /// Write the slot even when it would be a no-op.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         opts: WriteOptions,
     },
@@ -225,10 +243,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rollback => cmd::state_cmds::rollback(&ctx),
         Command::Upgrade {
             source,
+            check: true,
+            opts,
+            ..
+        } => {
+            if !cmd::upgrade::check(&ctx, source, opts)? {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(cmd::upgrade::EXIT_UPGRADE_AVAILABLE);
+            }
+            Ok(())
+        }
+        Command::Upgrade {
+            source,
             recovery,
             reboot,
+            force,
             opts,
-        } => cmd::upgrade::run(&ctx, source, *recovery, *reboot, opts),
+            ..
+        } => cmd::upgrade::run(&ctx, source, *recovery, *reboot, *force, opts),
         Command::Verify { json, recovery_dir } => {
             if cmd::verify::run(&ctx, *json, recovery_dir.as_deref())? {
                 use std::io::Write as _;

@@ -541,8 +541,9 @@ fn temporaries(sb: &Sandbox) -> Vec<String> {
 fn closed_output_does_not_stop_an_upgrade() {
     let sb = Sandbox::new("up-closed", Some("a"));
     installed(&sb);
-    let img = squashfs(&sb.dir, "3");
-    for json in [true, false] {
+    for (json, version) in [(true, "3"), (false, "4")] {
+        // Another image each round: the same one again would be a no-op.
+        let img = squashfs(&sb.dir, version);
         let mut args = vec!["upgrade", img.to_str().unwrap(), "--tries", "2"];
         if json {
             args.push("--json");
@@ -643,4 +644,169 @@ fn a_rewritten_recovery_image_clears_the_failure_verify_recorded() {
     assert!(!std::fs::read_to_string(sb.env())
         .unwrap()
         .contains("immuboot_recovery_failure"));
+}
+
+/// Modification time and bytes of a slot's files, to prove a no-op.
+fn slot_files(sb: &Sandbox, slot: &str) -> Vec<(String, std::time::SystemTime, Vec<u8>)> {
+    let cos = state_dir(sb).join("cOS");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&cos).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{slot}.img")) {
+            let meta = e.metadata().unwrap();
+            out.push((
+                name,
+                meta.modified().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_same_squashfs_twice_is_a_no_op_and_check_tells_without_changing_anything() {
+    let sb = Sandbox::new("up-same-sqfs", Some("a"));
+    installed(&sb);
+    let img = squashfs(&sb.dir, "3");
+    let img = img.to_str().unwrap();
+    let (code, out) = sb.run_code(&["upgrade", "--check", img]);
+    assert_eq!(code, Some(100), "{out}");
+    assert!(out.contains("an upgrade would write it"), "{out}");
+    sb.ok(&["upgrade", img]);
+
+    // b is on trial with this image and boots next: a rerun writes nothing.
+    let env = std::fs::read(sb.env()).unwrap();
+    let files = slot_files(&sb, "b");
+    let out = sb.ok(&["upgrade", img, "--reboot"]);
+    assert!(
+        out.contains("slot b (on trial, boots next) already holds")
+            && out.contains("nothing to do"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+    assert_eq!(slot_files(&sb, "b"), files);
+    let (code, out) = sb.run_code(&["upgrade", "--check", "--json", img]);
+    assert_eq!(code, Some(0), "{out}");
+    let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(result["result"]["up_to_date"], true, "{out}");
+    assert_eq!(result["result"]["held_by"]["slot"], "b", "{out}");
+    assert_eq!(result["result"]["held_by"]["role"], "on-trial", "{out}");
+
+    // Booted from b and marked good: b is the booted slot holding it.
+    sb.write_facts(&Sandbox::facts(Some("b")));
+    sb.ok(&["mark-good"]);
+    let out = sb.ok(&["upgrade", img]);
+    assert!(out.contains("slot b (booted) already holds"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(state_dir(&sb).join("cOS/a.img")).unwrap(),
+        "old a"
+    );
+
+    // Another image is an upgrade; --force rewrites even the same one.
+    let other = squashfs(&sb.dir, "4");
+    let (code, _) = sb.run_code(&["upgrade", "--check", other.to_str().unwrap()]);
+    assert_eq!(code, Some(100));
+    let out = sb.ok(&["upgrade", img, "--force"]);
+    assert!(out.contains("slot a written"), "{out}");
+    assert_eq!(
+        sha256(&state_dir(&sb).join("cOS/a.img")),
+        sha256(Path::new(img))
+    );
+    // --check never combines with what writes.
+    let (code, _) = sb.run_code(&["upgrade", "--check", "--force", img]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn the_same_oci_image_twice_is_a_no_op_and_a_new_manifest_is_an_upgrade() {
+    use immuboot_oci::LayerSource;
+    let sb = Sandbox::new("up-same-oci", Some("a"));
+    installed(&sb);
+    let layout = sb.dir.join("layout");
+    let write = |version: &str| {
+        immuboot_oci::write_layout(
+            &layout,
+            "stable",
+            &[LayerSource::Dir(rootfs(&sb.dir, version))],
+            Default::default(),
+        )
+        .unwrap();
+    };
+    write("6");
+    let work = sb.dir.join("work");
+    let spec = format!("oci:{}:stable", layout.display());
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v = vec!["upgrade".to_string(), spec.clone()];
+        v.extend(["--work-dir".to_string(), work.display().to_string()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str]| {
+        let a = args(extra);
+        sb.run_code(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (code, out) = run(&["--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let digest = result["result"][0]["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{out}");
+    let record = std::fs::read_to_string(state_dir(&sb).join("cOS/b.img.source")).unwrap();
+    assert!(
+        record.contains(&digest) && record.contains(&spec),
+        "{record}"
+    );
+
+    let env = std::fs::read(sb.env()).unwrap();
+    let files = slot_files(&sb, "b");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("already holds") && out.contains(&digest),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+    assert_eq!(slot_files(&sb, "b"), files);
+    assert_eq!(run(&["--check"]).0, Some(0));
+
+    // The tag moves to a new image: --check says so, and nothing changed.
+    write("7");
+    let (code, out) = run(&["--check"]);
+    assert_eq!(code, Some(100), "{out}");
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+    assert_eq!(slot_files(&sb, "b"), files);
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("slot b written"), "{out}");
+    assert!(
+        !std::fs::read_to_string(state_dir(&sb).join("cOS/b.img.source"))
+            .unwrap()
+            .contains(&digest)
+    );
+
+    // A squashfs written over it drops the OCI record: the old tag's
+    // identity no longer matches.
+    sb.ok(&[
+        "upgrade",
+        squashfs(&sb.dir, "8").to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(!state_dir(&sb).join("cOS/b.img.source").exists());
+}
+
+#[test]
+fn a_directory_is_always_written() {
+    let sb = Sandbox::new("up-same-dir", Some("a"));
+    installed(&sb);
+    let root = rootfs(&sb.dir, "5");
+    sb.ok(&["upgrade", root.to_str().unwrap()]);
+    let (code, out) = sb.run_code(&["upgrade", "--check", root.to_str().unwrap()]);
+    assert_eq!(code, Some(100), "{out}");
+    assert!(out.contains("no identity"), "{out}");
+    let out = sb.ok(&["upgrade", root.to_str().unwrap()]);
+    assert!(out.contains("slot b written"), "{out}");
 }

@@ -189,8 +189,10 @@ fn unknown_and_repeated(c: &Cmdline) -> Vec<String> {
 
 impl InitConfig {
     pub fn from_cmdline(c: &Cmdline) -> InitConfig {
-        let mut cfg = InitConfig::default();
-        cfg.warnings = unknown_and_repeated(c);
+        let mut cfg = InitConfig {
+            warnings: unknown_and_repeated(c),
+            ..Default::default()
+        };
         let w = &mut cfg.warnings;
 
         if let Some(v) = c.value("immuboot.mode") {

@@ -186,6 +186,18 @@ pub(crate) fn parse_manifest(bytes: &[u8], shown: &str) -> Result<ManifestEntry>
     }
 }
 
+/// The identity [`unpack`] reports for the archive (the SHA-256 of its
+/// `manifest.json`), without reading any layer.
+pub(crate) fn resolve(path: &Path) -> Result<String> {
+    let shown = path.display();
+    let archive = Archive::open(path).with_context(|| format!("reading docker-archive {shown}"))?;
+    let manifest_bytes = archive
+        .read_small("manifest.json", "manifest.json")
+        .with_context(|| format!("{shown} is not a docker-archive"))?;
+    parse_manifest(&manifest_bytes, &shown.to_string())?;
+    Ok(sha256_of(&manifest_bytes))
+}
+
 pub(crate) fn unpack(
     path: &Path,
     dest: &Path,

@@ -63,15 +63,10 @@ impl Layout {
     }
 }
 
-pub(crate) fn unpack(
-    dir: &Path,
-    tag: Option<&str>,
-    dest: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<UnpackedImage> {
-    let layout = Layout {
-        dir: dir.to_owned(),
-    };
+/// The image manifest of the layout that `tag` (or the only image) names,
+/// followed through indexes down to this platform's manifest.
+fn manifest_descriptor(layout: &Layout, tag: Option<&str>) -> Result<Descriptor> {
+    let dir = &layout.dir;
     let shown = dir.display();
     if !dir.join("oci-layout").is_file() {
         bail!("{shown} is not an OCI image layout: it has no oci-layout file");
@@ -97,6 +92,30 @@ pub(crate) fn unpack(
     if !MANIFEST_TYPES.contains(&media_type.as_str()) {
         bail!("{shown}: the chosen entry has media type {media_type}, not an image manifest");
     }
+    Ok(desc)
+}
+
+/// The digest of the manifest [`unpack`] would apply, verified, without
+/// reading any layer.
+pub(crate) fn resolve(dir: &Path, tag: Option<&str>) -> Result<String> {
+    let layout = Layout {
+        dir: dir.to_owned(),
+    };
+    let desc = manifest_descriptor(&layout, tag)?;
+    layout.read_small(&desc, "the image manifest")?;
+    Ok(desc.digest().to_string())
+}
+
+pub(crate) fn unpack(
+    dir: &Path,
+    tag: Option<&str>,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<UnpackedImage> {
+    let layout = Layout {
+        dir: dir.to_owned(),
+    };
+    let desc = manifest_descriptor(&layout, tag)?;
     let manifest_digest = desc.digest().to_string();
     let manifest: ImageManifest =
         serde_json::from_slice(&layout.read_small(&desc, "the image manifest")?)

@@ -131,6 +131,26 @@ pub fn unpack(
     }
 }
 
+/// The identity [`unpack`] would report as
+/// [`UnpackedImage::manifest_digest`], resolved without reading or
+/// downloading any layer: for a registry one manifest request, for a layout
+/// its index and manifest (verified against their digests), for a
+/// docker-archive the digest of its `manifest.json`. Lets a caller skip an
+/// image it already has.
+pub fn resolve(source: &ImageSource) -> Result<String> {
+    match source {
+        #[cfg(feature = "registry")]
+        ImageSource::Registry {
+            reference,
+            plain_http,
+        } => registry::resolve(reference, *plain_http),
+        #[cfg(not(feature = "registry"))]
+        ImageSource::Registry { reference, .. } => Err(source::no_registry(reference)),
+        ImageSource::Layout { dir, tag } => layout::resolve(dir, tag.as_deref()),
+        ImageSource::DockerArchive { path } => archive::resolve(path),
+    }
+}
+
 /// Counts bytes for [`Progress`] and calls the callback at most about once a
 /// MiB, so a caller can draw without throttling.
 pub(crate) struct Reporter<'a> {

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::{ImageIndexEntry, OciDescriptor};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
@@ -151,49 +151,67 @@ fn check_ca_store() -> Result<()> {
     Ok(())
 }
 
+impl Session {
+    /// A client for `reference`'s registry (plain HTTP for that registry
+    /// only, and only when asked).
+    fn open(reference: &str, plain_http: bool) -> Result<Session> {
+        check_ca_store()?;
+        let parsed: Reference = reference
+            .parse()
+            .with_context(|| format!("invalid image reference {reference:?}"))?;
+        let registry = parsed.resolve_registry().to_owned();
+        let config = ClientConfig {
+            // Plain HTTP for this registry only: a token realm elsewhere stays HTTPS.
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            platform_resolver: Some(Box::new(platform_resolver)),
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
+            ..ClientConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Session {
+            client: Client::new(config),
+            reference: parsed,
+            registry,
+            plain_http,
+            runtime,
+        })
+    }
+
+    /// The image manifest (from an index: this platform's) and its digest.
+    fn manifest(&self, reference: &str) -> Result<(OciImageManifest, String)> {
+        self.runtime
+            .block_on(
+                self.client
+                    .pull_image_manifest(&self.reference, &RegistryAuth::Anonymous),
+            )
+            .map_err(|e| explain(e, &self.registry, self.plain_http))
+            .with_context(|| format!("fetching the manifest of {reference}"))
+    }
+}
+
+/// The digest of the manifest [`unpack`] would apply, without downloading
+/// the config or any layer.
+pub(crate) fn resolve(reference: &str, plain_http: bool) -> Result<String> {
+    let session = Session::open(reference, plain_http)?;
+    Ok(session.manifest(reference)?.1)
+}
+
 pub(crate) fn unpack(
     reference: &str,
     plain_http: bool,
     dest: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<UnpackedImage> {
-    check_ca_store()?;
-    let parsed: Reference = reference
-        .parse()
-        .with_context(|| format!("invalid image reference {reference:?}"))?;
-    let registry = parsed.resolve_registry().to_owned();
-    let config = ClientConfig {
-        // Plain HTTP for this registry only: a token realm elsewhere stays HTTPS.
-        protocol: if plain_http {
-            ClientProtocol::HttpsExcept(vec![registry.clone()])
-        } else {
-            ClientProtocol::Https
-        },
-        platform_resolver: Some(Box::new(platform_resolver)),
-        connect_timeout: Some(std::time::Duration::from_secs(30)),
-        read_timeout: Some(std::time::Duration::from_secs(120)),
-        ..ClientConfig::default()
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let session = Session {
-        client: Client::new(config),
-        reference: parsed,
-        registry,
-        plain_http,
-        runtime,
-    };
-    let (manifest, manifest_digest) = session
-        .runtime
-        .block_on(
-            session
-                .client
-                .pull_image_manifest(&session.reference, &RegistryAuth::Anonymous),
-        )
-        .map_err(|e| explain(e, &session.registry, plain_http))
-        .with_context(|| format!("fetching the manifest of {reference}"))?;
+    let session = Session::open(reference, plain_http)?;
+    let (manifest, manifest_digest) = session.manifest(reference)?;
 
     let mut config_bytes = Vec::new();
     session

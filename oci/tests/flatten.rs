@@ -417,6 +417,15 @@ fn docker_archive_unpacks_like_the_layout() {
     let image2 = unpack(&source, &from_archive, &mut no_progress()).unwrap();
     assert_eq!(image2.config_digest, config_digest);
     assert_eq!(image2.config_digest, image.config_digest);
+    // resolve names what unpack unpacks, without reading a layer.
+    assert_eq!(
+        immuboot_oci::resolve(&layout_source(&layout, "v1")).unwrap(),
+        image.manifest_digest
+    );
+    assert_eq!(
+        immuboot_oci::resolve(&source).unwrap(),
+        image2.manifest_digest
+    );
     assert_eq!(image2.labels, image.labels);
     assert_eq!(image2.layers, 3);
     common::assert_fixture(&from_archive);

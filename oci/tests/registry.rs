@@ -57,6 +57,10 @@ fn pull_from_registry() {
     let mut phases = Vec::new();
     let image = unpack(&source, &dest, &mut |p| phases.push(p)).unwrap();
     eprintln!("pulled {image_ref}: {image:?}");
+    assert_eq!(
+        immuboot_oci::resolve(&source).unwrap(),
+        image.manifest_digest
+    );
     common::assert_fixture(&dest);
     assert_eq!(common::snapshot(&reference_tree), common::snapshot(&dest));
     assert_eq!(image.layers, 3);
@@ -198,16 +202,17 @@ fn multi_platform(work: &Path, registry: &Registry, reference_tree: &Path, layou
         &format!("docker://{image_ref}"),
     ]);
     let dest = work.join("from-index");
-    let image = unpack(
-        &ImageSource::Registry {
-            reference: image_ref,
-            plain_http: true,
-        },
-        &dest,
-        &mut |_| {},
-    )
-    .unwrap();
+    let source = ImageSource::Registry {
+        reference: image_ref,
+        plain_http: true,
+    };
+    let image = unpack(&source, &dest, &mut |_| {}).unwrap();
     assert_eq!(image.manifest_digest, amd["digest"].as_str().unwrap());
+    // From an index, resolve picks the same platform's manifest.
+    assert_eq!(
+        immuboot_oci::resolve(&source).unwrap(),
+        image.manifest_digest
+    );
     assert_eq!(common::snapshot(reference_tree), common::snapshot(&dest));
 }
 

@@ -12,16 +12,58 @@ use immuboot_mount::syscall::LinuxSyscall;
 /// mount it.
 pub(crate) const RECOVERY_WRITE_MOUNT: &str = "/run/immuboot/cos-recovery";
 
+/// `upgrade --check`: an upgrade would write a slot (`dnf check-update`
+/// uses the same code for the same answer).
+pub const EXIT_UPGRADE_AVAILABLE: i32 = 100;
+
+/// Compares the source with the booted slot and the slot on trial.
+fn compare(
+    ctx: &Ctx,
+    req: &upgrade::Request,
+    rep: &mut progress::Reporter,
+) -> Result<upgrade::Comparison> {
+    let booted = ctx.boot.booted_slot_or_recovery()?;
+    let loaded = crate::boot::load_state(&ctx.state_dir)?;
+    upgrade::compare(
+        &loaded.state,
+        &ctx.state_dir,
+        booted,
+        &req.source,
+        req.plain_http,
+        rep,
+    )
+}
+
+/// `upgrade --check`: says whether an upgrade would write a slot; true
+/// when it would not.
+pub fn check(ctx: &Ctx, source: &str, opts: &WriteOptions) -> Result<bool> {
+    let req = opts.request(source)?;
+    let mut rep = progress::Reporter::new(opts.json);
+    let found = compare(ctx, &req, &mut rep)?;
+    rep.result(found.json(), &found.summary());
+    Ok(found.up_to_date())
+}
+
 pub fn run(
     ctx: &Ctx,
     source: &str,
     recovery: bool,
     reboot: bool,
+    force: bool,
     opts: &WriteOptions,
 ) -> Result<()> {
     let req = opts.request(source)?;
     let mut rep = progress::Reporter::new(opts.json);
     let state = &ctx.state_dir;
+    if !recovery && !force {
+        let found = compare(ctx, &req, &mut rep)?;
+        if found.up_to_date() {
+            let mut value = found.json();
+            value["written"] = false.into();
+            rep.result(value, &format!("{} (--force rewrites it)", found.summary()));
+            return Ok(());
+        }
+    }
     let installed = if recovery {
         upgrade::check_recovery_writable(ctx.boot.mode()?)?;
         let dir = match &opts.recovery_dir {

@@ -22,13 +22,17 @@
 //! ([`immuboot_assess::crashpoint::STATE_COMMIT`]).
 //!
 //! A rerun after an interruption removes the leftovers and starts again.
+//! A rerun after success does nothing: when the booted slot or the slot on
+//! trial holds the same image already ([`identity`]), no slot is written.
 
+mod identity;
 mod slot;
 mod source;
 mod squash;
 mod verify;
 mod write;
 
+pub use identity::{compare, Comparison};
 pub use slot::{check_recovery_writable, recovery, Upgrade};
 pub use source::Source;
 pub use verify::image_version;
@@ -66,6 +70,9 @@ pub struct Installed {
     pub sha256: String,
     pub bytes: u64,
     pub signed_by: Option<String>,
+    /// For an OCI source: the manifest digest of what was unpacked
+    /// (recorded beside the image, see [`identity`]).
+    pub manifest_digest: Option<String>,
     pub seconds: f64,
 }
 

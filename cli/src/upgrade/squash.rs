@@ -71,12 +71,13 @@ pub(super) fn squash_dir(
     Ok(())
 }
 
+/// Unpacks an OCI image into `dest`; returns its manifest digest.
 pub(super) fn unpack_oci(
     spec: &str,
     plain_http: bool,
     dest: &Path,
     rep: &mut Reporter,
-) -> Result<()> {
+) -> Result<String> {
     let source = immuboot_oci::ImageSource::parse(spec, plain_http)?;
     rep.step(&format!("unpacking {spec} into {}", dest.display()));
     let mut phase = "";
@@ -91,5 +92,5 @@ pub(super) fn unpack_oci(
         "image {} ({} layers) unpacked",
         info.manifest_digest, info.layers
     ));
-    Ok(())
+    Ok(info.manifest_digest)
 }

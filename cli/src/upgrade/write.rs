@@ -1,6 +1,7 @@
 //! Writing an image file: into a temporary file beside it, checked, then
 //! renamed into place with its digest lists; leftovers and free space.
 
+use super::identity::{write_source_record, SourceRecord};
 use super::squash::{squash_dir, unpack_oci};
 use super::verify::{boot_digests, verify_on_disk, Checks};
 use super::{checkpoint, Installed, Request, Source};
@@ -77,6 +78,7 @@ pub struct Prepared {
     bytes: u64,
     signed_by: Option<String>,
     boot: Vec<digest::Entry>,
+    source: Option<SourceRecord>,
     started: Instant,
 }
 
@@ -106,6 +108,7 @@ pub fn prepare_image(
     } = checks;
 
     let result = (|| -> Result<Prepared> {
+        let mut source = None;
         let streamed = match &req.source {
             Source::Squashfs(src) => Some(copy_squashfs(src, &tmp, dir, rep)?),
             Source::Directory(root) => {
@@ -123,10 +126,15 @@ pub fn prepare_image(
                 let unpack = req
                     .work_dir
                     .join(format!(".upgrade-{}", std::process::id()));
-                let r = unpack_oci(spec, req.plain_http, &unpack, rep)
-                    .and_then(|()| squash_dir(&unpack, &tmp, dir, req.compression_level, rep));
+                let r = unpack_oci(spec, req.plain_http, &unpack, rep).and_then(|digest| {
+                    squash_dir(&unpack, &tmp, dir, req.compression_level, rep)?;
+                    Ok(digest)
+                });
                 let _ = std::fs::remove_dir_all(&unpack);
-                r?;
+                source = Some(SourceRecord {
+                    source: spec.clone(),
+                    manifest_digest: r?,
+                });
                 None
             }
         };
@@ -159,6 +167,7 @@ pub fn prepare_image(
             bytes,
             signed_by,
             boot,
+            source,
             started,
         })
     })();
@@ -224,6 +233,10 @@ impl Renamed {
             Path::new(&digest::boot_digest_path(&image_str)),
             digest::render(&p.boot).as_bytes(),
         )?;
+        // What the image came from: a later upgrade from the same source is
+        // then a no-op. Written while the slot is out of service, like the
+        // digests, so a slot that boots never has a stale record.
+        write_source_record(&p.image, p.source.as_ref())?;
         fsutil::fsync_dir(dir)?;
         checkpoint("synced");
         Ok(Installed {
@@ -232,6 +245,7 @@ impl Renamed {
             sha256: p.sha256.clone(),
             bytes: p.bytes,
             signed_by: p.signed_by.clone(),
+            manifest_digest: p.source.as_ref().map(|s| s.manifest_digest.clone()),
             seconds: p.started.elapsed().as_secs_f64(),
         })
     }

@@ -58,6 +58,22 @@ impl Sandbox {
     /// Runs with these arguments and the facts directory only (the state
     /// directory as the facts record it).
     pub fn run_with(&self, args: &[&str]) -> (bool, String) {
+        let (code, text) = self.run_code_with(args);
+        (code == Some(0), text)
+    }
+
+    /// [`Sandbox::run`] with the exit code.
+    pub fn run_code(&self, args: &[&str]) -> (Option<i32>, String) {
+        let state = self.dir.join("state");
+        self.run_code_with(
+            &["--state-dir", state.to_str().unwrap()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn run_code_with(&self, args: &[&str]) -> (Option<i32>, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_immuboot"))
             .arg("--facts-dir")
             .arg(self.dir.join("facts"))
@@ -66,7 +82,7 @@ impl Sandbox {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        (out.status.code(), text)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

@@ -158,7 +158,7 @@ pub fn find(
     let devices = &bound.devices;
     for d in devices {
         if let Some(label) = &d.label {
-            let same = probe::with_label(&devices, label);
+            let same = probe::with_label(devices, label);
             if same.len() > 1 && same.first().is_some_and(|f| f.path == d.path) {
                 warn(format!(
                     "{} partitions are labelled {label}; using {}",

@@ -990,6 +990,14 @@ fn s16_signed_squashfs_upgrade_boots_and_a_tampered_one_is_refused() -> Result<(
             && status.contains("active slot:  b"),
         "{status}"
     );
+    // The same upgrade again: the booted slot holds it, nothing is written.
+    mount_payload(&mut vm)?;
+    let out = upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    ensure!(
+        out.contains("slot b (booted) already holds") && out.contains("nothing to do"),
+        "{out}"
+    );
+    ensure!(vm.run_ok("immuboot status")? == status);
     record_result(
         "s16-upgrade-squashfs",
         json!({"upgrade_seconds_in_guest": upgrade_seconds}),
@@ -1036,6 +1044,19 @@ fn s17_upgrades_from_a_directory_and_from_a_registry_boot() -> Result<()> {
     )?;
     let oci_seconds = started.elapsed().as_secs_f64();
     ensure!(out.contains("slot a written"), "{out}");
+    // Run again (a retrying timer or controller): slot a, on trial, holds
+    // that manifest already; only the manifest is fetched, nothing written.
+    let reference = format!("--plain-http 10.0.2.2:{}/immuboot/os:v5", registry.port);
+    let (rc, out) = vm.run(&format!("immuboot upgrade --check {reference} 2>&1"))?;
+    ensure!(
+        rc == 0 && out.contains("already holds"),
+        "--check: exit {rc}: {out}"
+    );
+    let out = upgrade(&mut vm, &reference)?;
+    ensure!(
+        out.contains("slot a (on trial, boots next) already holds"),
+        "{out}"
+    );
     vm.reboot()?;
     let mut vm = boot(&mut m)?;
     ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
@@ -1530,8 +1551,10 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
         let before_slot = booted(&mut vm)?.1;
         let before_version = image_version(&mut vm)?;
         mount_payload(&mut vm)?;
+        // --force: after a cut at `activated` the booted slot holds v3
+        // already, and a plain rerun would rightly write nothing.
         vm.send(&format!(
-            "IMMUBOOT_PAUSE_AT={point} immuboot upgrade {PAYLOAD}/v3.img\n"
+            "IMMUBOOT_PAUSE_AT={point} immuboot upgrade --force {PAYLOAD}/v3.img\n"
         ))?;
         // Everything the run printed up to the pause.
         let caps = vm.expect(
@@ -1587,7 +1610,7 @@ fn power_cuts(name: &str, points: &[&str]) -> Result<()> {
     // A rerun after all that succeeds and boots.
     wait_marked_good(&mut vm)?;
     mount_payload(&mut vm)?;
-    let out = upgrade(&mut vm, &format!("{PAYLOAD}/v3.img"))?;
+    let out = upgrade(&mut vm, &format!("--force {PAYLOAD}/v3.img"))?;
     ensure!(out.contains("written"), "{out}");
     ensure!(
         out.contains(LEFTOVER_REMOVED) == leftover,
