@@ -168,6 +168,22 @@ fn status_json_carries_the_typed_facts() {
     assert_eq!(v["boot"]["target"]["slot"], "b");
     assert_eq!(v["boot"]["labels"]["recovery"], "COS_RECOVERY");
     assert_eq!(v["state"]["active_slot"], "a");
+    // The versioned part a controller reads (README, "Status for controllers").
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["booted_slot"], "b");
+    assert_eq!(v["mode"], "active");
+    assert_eq!(v["slots"]["a"]["health"], "good");
+    assert_eq!(v["slots"]["a"]["active"], true);
+    assert_eq!(v["slots"]["b"]["booted"], true);
+    assert_eq!(v["slots"]["b"]["image_present"], false);
+    assert_eq!(v["next_boot"]["active_slot"], "a");
+    assert_eq!(v["next_boot"]["pending_trial"], false);
+    assert!(v["last_failure"].is_null());
+    sb.ok(&["mark-active", "a", "--tries", "2"]);
+    let v: serde_json::Value = serde_json::from_str(&sb.ok(&["status", "--json"])).unwrap();
+    assert_eq!(v["slots"]["a"]["health"], "trial");
+    assert_eq!(v["slots"]["a"]["tries_left"], 2);
+    assert_eq!(v["next_boot"]["pending_trial"], true);
 }
 
 /// `next-boot` and `mark-active` run at the same time, many rounds: both

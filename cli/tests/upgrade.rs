@@ -760,6 +760,16 @@ fn the_same_oci_image_twice_is_a_no_op_and_a_new_manifest_is_an_upgrade() {
         record.contains(&digest) && record.contains(&spec),
         "{record}"
     );
+    let st: serde_json::Value = serde_json::from_str(&sb.ok(&["status", "--json"])).unwrap();
+    let b = &st["slots"]["b"];
+    assert_eq!(b["source"]["manifest_digest"], digest.as_str(), "{st}");
+    assert_eq!(b["health"], "trial");
+    assert_eq!(b["image_version"], "6");
+    assert_eq!(
+        b["sha256"],
+        sha256(&state_dir(&sb).join("cOS/b.img")).as_str()
+    );
+    assert_eq!(st["next_boot"]["pending_trial"], true);
 
     let env = std::fs::read(sb.env()).unwrap();
     let files = slot_files(&sb, "b");

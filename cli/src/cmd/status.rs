@@ -37,6 +37,56 @@ fn or_dash(v: Option<impl std::fmt::Display>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
+/// The version of `status --json`'s schema (README, "Status for
+/// controllers"): raised when a field changes meaning or goes away; new
+/// fields may appear without it.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+/// One slot for `status --json`: health, what its image is and came from.
+fn slot_json(
+    state_dir: &std::path::Path,
+    state: &BootState,
+    slot: Slot,
+    booted: Option<Slot>,
+) -> serde_json::Value {
+    let image = state_dir.join(slot.image_path().trim_start_matches('/'));
+    let sha256 = std::fs::read_to_string(immuboot_assess::digest::image_digest_path(
+        &image.display().to_string(),
+    ))
+    .ok()
+    .and_then(|t| immuboot_assess::digest::single(&t).ok());
+    let (health, tries) = match state.health(slot) {
+        Health::Good => ("good", None),
+        Health::Trial { tries } => ("trial", Some(tries)),
+        Health::Bad => ("bad", None),
+    };
+    serde_json::json!({
+        "health": health,
+        "tries_left": tries,
+        "unfinished_boots": state.unfinished(slot),
+        "booted": booted == Some(slot),
+        "active": state.active_slot == slot,
+        "image": slot.image_path(),
+        "image_present": image.is_file(),
+        "image_version": upgrade::image_version(&image),
+        "sha256": sha256,
+        "source": upgrade::read_source_record(&image),
+    })
+}
+
+/// What the next boot does: the slot GRUB's automatic choice starts (or a
+/// one-shot entry), and whether that is a pending trial of a new image.
+fn next_boot_json(state: &BootState, booted: Option<Slot>) -> serde_json::Value {
+    let active = state.active_slot;
+    let pending_trial = Some(active) != booted
+        && matches!(state.health(active), Health::Trial { tries } if tries > 0);
+    serde_json::json!({
+        "one_shot_entry": state.next_entry,
+        "active_slot": active.as_str(),
+        "pending_trial": pending_trial,
+    })
+}
+
 pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
     let state_dir = ctx.state_dir.as_path();
     let facts = ctx.boot.facts();
@@ -54,16 +104,23 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
             errln!("immuboot: warning: {e}");
         }
         let out = serde_json::json!({
+            "schema_version": STATUS_SCHEMA_VERSION,
+            "booted_slot": booted.map(Slot::as_str),
+            "mode": mode,
+            "image_version": os_release_field("IMAGE_VERSION"),
+            "slots": {
+                "a": slot_json(state_dir, state, Slot::A, booted),
+                "b": slot_json(state_dir, state, Slot::B, booted),
+            },
+            "next_boot": next_boot_json(state, booted),
+            "last_failure": state.last_failure,
+            "recovery_failure": state.recovery_failure,
             "boot": facts,
             "image_version": os_release_field("IMAGE_VERSION"),
             "state": state,
             "state_source": loaded.source,
             "state_warnings": loaded.warnings,
             "fallback": fallback,
-            "slot_versions": {
-                "a": upgrade::image_version(&state_dir.join(Slot::A.image_path().trim_start_matches('/'))),
-                "b": upgrade::image_version(&state_dir.join(Slot::B.image_path().trim_start_matches('/'))),
-            },
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
