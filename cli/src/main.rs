@@ -99,6 +99,11 @@ An OCI source's manifest digest is resolved first, without downloading \
 layers; a squashfs is hashed only when a slot has the same length. A \
 directory has no identity and is always written. --recovery always writes.
 
+Registry credentials come from $REGISTRY_AUTH_FILE, else the first of \
+/oem/immuboot/auth.json, /etc/immuboot/auth.json, /run/containers/0/auth.json \
+and ~/.docker/config.json with an entry for the registry (the format podman \
+login and docker login write); without one the pull is anonymous.
+
 Exit status: 0 when the image was written or was there already (--check: \
 nothing to do), 100 with --check when an upgrade would write a slot, 1 on \
 any other error, 2 on a usage error.")]

@@ -8,14 +8,18 @@
 //!
 //! # Sources ([`ImageSource`], see [`ImageSource::parse`])
 //! - a registry (`docker://REF`, `oci://REF` or a bare `registry/repo:tag` /
-//!   `registry/repo@sha256:…`), pulled anonymously over HTTPS with the system
-//!   CA store; plain HTTP only with the explicit `plain_http` opt-in. From an
+//!   `registry/repo@sha256:…`), pulled (anonymously unless [`auth`] finds
+//!   credentials) over HTTPS with the system CA store; plain HTTP only with the explicit `plain_http` opt-in. From an
 //!   image index the manifest for linux and this machine's architecture
 //!   (amd64 on x86_64) is chosen. Layers are downloaded one at a time into a
 //!   hidden staging directory next to `dest`, verified, unpacked and deleted,
 //!   so at most one layer is held on disk besides the tree.
 //! - an OCI image layout directory (`oci:DIR[:TAG]`),
 //! - a `docker save` / skopeo docker-archive tar (`docker-archive:PATH`).
+//!
+//! Credentials for registries that want them come from the files `podman
+//! login` and `docker login` write (see [`auth`]); without an entry the
+//! pull is anonymous.
 //!
 //! Registry access is the cargo feature `registry` (on by default). Without
 //! it no HTTP/TLS stack is compiled and a registry source is refused.
@@ -66,6 +70,7 @@ use anyhow::Result;
 
 mod apply;
 mod archive;
+pub mod auth;
 mod build;
 mod digest;
 mod layout;

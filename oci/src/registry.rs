@@ -18,6 +18,7 @@ use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
 use crate::apply::Unpacker;
+use crate::auth;
 use crate::digest::{check, verify_bytes};
 use crate::layout::{check_layer_media_type, MAX_METADATA};
 use crate::{prepare_dest, unpack_layer, ConfigFile, Progress, Reporter, UnpackedImage};
@@ -39,6 +40,7 @@ fn explain(
     err: oci_client::errors::OciDistributionError,
     registry: &str,
     plain_http: bool,
+    login: &Login,
 ) -> anyhow::Error {
     use oci_client::errors::OciDistributionError as E;
     let auth = matches!(
@@ -47,8 +49,24 @@ fn explain(
     );
     let err = anyhow::Error::from(err);
     let text = format!("{err:#}");
-    let hint = if auth {
-        Some("only anonymous pulls are supported; is the repository public?".to_owned())
+    let hint = if auth || text.contains("401 Unauthorized") {
+        Some(match login {
+            Login::Anonymous { searched } => format!(
+                "the registry wants credentials and none were found for {registry} (searched: {}); \
+                 `podman login --authfile /oem/immuboot/auth.json {registry}` writes them",
+                searched
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Login::Found(found) => format!(
+                "the registry refused the credentials of user {:?} from {} (entry {:?})",
+                found.credentials.username,
+                found.file.display(),
+                found.key
+            ),
+        })
     } else if !plain_http
         && (text.contains("InvalidContentType")
             || text.contains("corrupt message")
@@ -88,11 +106,33 @@ fn explain(
     }
 }
 
+/// How the session authenticates.
+enum Login {
+    /// No credentials in any of these files.
+    Anonymous {
+        searched: Vec<std::path::PathBuf>,
+    },
+    Found(auth::Found),
+}
+
+impl Login {
+    fn registry_auth(&self) -> RegistryAuth {
+        match self {
+            Login::Anonymous { .. } => RegistryAuth::Anonymous,
+            Login::Found(f) => RegistryAuth::Basic(
+                f.credentials.username.clone(),
+                f.credentials.password.clone(),
+            ),
+        }
+    }
+}
+
 struct Session {
     client: Client,
     reference: Reference,
     registry: String,
     plain_http: bool,
+    login: Login,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -111,7 +151,7 @@ impl Session {
                 .client
                 .pull_blob_stream(&self.reference, desc)
                 .await
-                .map_err(|e| explain(e, &self.registry, self.plain_http))?;
+                .map_err(|e| explain(e, &self.registry, self.plain_http, &self.login))?;
             let mut hasher = Sha256::new();
             let mut len = 0u64;
             while let Some(chunk) = stream.next().await {
@@ -160,6 +200,11 @@ impl Session {
             .parse()
             .with_context(|| format!("invalid image reference {reference:?}"))?;
         let registry = parsed.resolve_registry().to_owned();
+        let searched = auth::standard_files();
+        let login = match auth::find(&searched, &registry, parsed.repository())? {
+            Some(found) => Login::Found(found),
+            None => Login::Anonymous { searched },
+        };
         let config = ClientConfig {
             // Plain HTTP for this registry only: a token realm elsewhere stays HTTPS.
             protocol: if plain_http {
@@ -181,6 +226,7 @@ impl Session {
             reference: parsed,
             registry,
             plain_http,
+            login,
             runtime,
         })
     }
@@ -190,9 +236,9 @@ impl Session {
         self.runtime
             .block_on(
                 self.client
-                    .pull_image_manifest(&self.reference, &RegistryAuth::Anonymous),
+                    .pull_image_manifest(&self.reference, &self.login.registry_auth()),
             )
-            .map_err(|e| explain(e, &self.registry, self.plain_http))
+            .map_err(|e| explain(e, &self.registry, self.plain_http, &self.login))
             .with_context(|| format!("fetching the manifest of {reference}"))
     }
 }

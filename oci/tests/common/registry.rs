@@ -25,6 +25,12 @@ impl Drop for Registry {
 /// Starts docker-registry on a free 127.0.0.1 port, storing under `work`;
 /// with `tls` (certificate, key) it serves HTTPS.
 pub fn start_registry(work: &Path, tls: Option<(&Path, &Path)>) -> Registry {
+    start_registry_with(work, tls, "")
+}
+
+/// [`start_registry`] with more configuration (YAML appended at the top
+/// level, e.g. an `auth:` section).
+pub fn start_registry_with(work: &Path, tls: Option<(&Path, &Path)>, extra: &str) -> Registry {
     // A free port: bind to 0, note it, release it for the registry.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -44,6 +50,7 @@ pub fn start_registry(work: &Path, tls: Option<(&Path, &Path)>) -> Registry {
             key.display()
         );
     }
+    yaml += extra;
     fs::write(&config, yaml).unwrap();
     let child = Command::new(REGISTRY)
         .arg("serve")
