@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod out;
+mod auto;
 mod boot;
 mod cmd;
 mod progress;
@@ -123,6 +124,52 @@ any other error, 2 on a usage error.")]
         force: bool,
         #[command(flatten)]
         opts: WriteOptions,
+    },
+    /// One unattended upgrade run (what immuboot-upgrade.timer starts),
+    /// driven by /oem/immuboot/upgrade.yaml: upgrade when the source has
+    /// something new that has not failed on this machine, then reboot as
+    /// configured. Without the file it does nothing.
+    #[command(after_help = "\
+The configuration (YAML): source (required: REGISTRY/REPO:TAG, oci:DIR:TAG or \
+a squashfs file), plain_http (false), schedule (a systemd calendar \
+expression for the timer, default daily), reboot (never, now, or HH:MM: the \
+next such time, local; default never), tries (3).
+
+Each run first settles what the previous one installed: marked good, done; \
+marked bad (its trial boots failed), remembered as failed, and a later run \
+does not install that image again until --forget-failed. The memory is \
+cOS/auto-upgrade.json on COS_STATE.")]
+    AutoUpgrade {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE", default_value = auto::CONFIG)]
+        config: PathBuf,
+        /// Forget the images that failed here, so they may be installed again.
+        #[arg(long)]
+        forget_failed: bool,
+        /// Where an OCI image is unpacked before it is squashed.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local/.immuboot-work")]
+        work_dir: PathBuf,
+        /// Trusted minisign public key (as for `upgrade`).
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<PathBuf>,
+        /// Print JSON lines (steps, progress, result) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The systemd generator behind immuboot-upgrade-generator: enables
+    /// immuboot-upgrade.timer with the configured schedule.
+    #[command(hide = true)]
+    UpgradeGenerator {
+        /// systemd's normal generator directory (its early and late
+        /// directories are not used).
+        normal_dir: PathBuf,
+        #[arg(hide = true)]
+        other_dirs: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE", default_value = auto::CONFIG)]
+        config: PathBuf,
+        /// Where the image installs immuboot-upgrade.timer.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
     },
     /// Check slot a, slot b and the recovery image against the digests
     /// recorded when each was written; record a corrupted image that is not
@@ -267,6 +314,32 @@ fn run(cli: Cli) -> Result<()> {
             opts,
             ..
         } => cmd::upgrade::run(&ctx, source, *recovery, *reboot, *force, opts),
+        Command::AutoUpgrade {
+            config,
+            forget_failed,
+            work_dir,
+            trusted_keys,
+            json,
+        } => cmd::auto_upgrade::run(
+            &ctx,
+            &cmd::auto_upgrade::Options {
+                config: config.clone(),
+                forget_failed: *forget_failed,
+                work_dir: work_dir.clone(),
+                trusted_keys: if trusted_keys.is_empty() {
+                    upgrade::TRUSTED_KEYS.iter().map(PathBuf::from).collect()
+                } else {
+                    trusted_keys.clone()
+                },
+                json: *json,
+            },
+        ),
+        Command::UpgradeGenerator {
+            normal_dir,
+            config,
+            unit_dir,
+            ..
+        } => cmd::auto_upgrade::generate(config, normal_dir, unit_dir),
         Command::Verify { json, recovery_dir } => {
             if cmd::verify::run(&ctx, *json, recovery_dir.as_deref())? {
                 use std::io::Write as _;

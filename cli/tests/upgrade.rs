@@ -820,3 +820,121 @@ fn a_directory_is_always_written() {
     let out = sb.ok(&["upgrade", root.to_str().unwrap()]);
     assert!(out.contains("slot b written"), "{out}");
 }
+
+fn auto(sb: &Sandbox, config: &Path) -> String {
+    sb.ok(&["auto-upgrade", "--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn unattended_upgrades_install_once_and_never_reinstall_what_failed() {
+    let sb = Sandbox::new("auto", Some("a"));
+    installed(&sb);
+    let config = sb.dir.join("upgrade.yaml");
+    assert!(auto(&sb, &config).contains("unattended upgrades are off"));
+    let v3 = squashfs(&sb.dir, "3");
+    std::fs::write(&config, format!("source: {}\ntries: 2\n", v3.display())).unwrap();
+
+    // Something new: slot b written, on trial, remembered as pending.
+    let out = auto(&sb, &config);
+    assert!(
+        out.contains("slot b written") && out.contains("boots when the machine reboots next"),
+        "{out}"
+    );
+    assert!(status(&sb).contains("slot b:       on trial, 2 tries left"));
+    let memory = std::fs::read_to_string(state_dir(&sb).join("cOS/auto-upgrade.json")).unwrap();
+    assert!(
+        memory.contains(&sha256(&v3)) && memory.contains("\"pending\""),
+        "{memory}"
+    );
+    // The next run (not rebooted yet): nothing to do.
+    let files = slot_files(&sb, "b");
+    assert!(auto(&sb, &config).contains("already holds"));
+    assert_eq!(slot_files(&sb, "b"), files);
+
+    // Its trial boots fail: b is marked bad, a boots as the fallback.
+    sb.write_facts(&Sandbox::facts(Some("b")));
+    sb.ok(&["mark-bad", "systemd did not start"]);
+    sb.write_facts(&Sandbox::facts(Some("a")));
+    let env = std::fs::read(sb.env()).unwrap();
+    let out = auto(&sb, &config);
+    assert!(
+        out.contains("failed (") && out.contains("will not be installed again"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not installing") && out.contains("systemd did not start"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+    assert_eq!(slot_files(&sb, "b"), files);
+    // And again on the run after: still not reinstalled.
+    assert!(auto(&sb, &config).contains("not installing"));
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+
+    // A new release is installed; the failed one stays remembered.
+    let v4 = squashfs(&sb.dir, "4");
+    std::fs::write(&config, format!("source: {}\n", v4.display())).unwrap();
+    assert!(auto(&sb, &config).contains("slot b written"));
+    // It boots and is marked good: settled, and up to date.
+    sb.write_facts(&Sandbox::facts(Some("b")));
+    sb.ok(&["mark-good"]);
+    let out = auto(&sb, &config);
+    assert!(
+        out.contains("was marked good") && out.contains("slot b (booted) already holds"),
+        "{out}"
+    );
+
+    // The operator forgets the failure: the old image may come back.
+    std::fs::write(&config, format!("source: {}\n", v3.display())).unwrap();
+    assert!(auto(&sb, &config).contains("not installing"));
+    let out = sb.ok(&["auto-upgrade", "--forget-failed"]);
+    assert!(out.contains(&sha256(&v3)), "{out}");
+    assert!(auto(&sb, &config).contains("slot a written"));
+
+    // A directory is refused: it would be rewritten on every run.
+    let root = rootfs(&sb.dir, "9");
+    std::fs::write(&config, format!("source: {}\n", root.display())).unwrap();
+    let (ok, out) = sb.run(&["auto-upgrade", "--config", config.to_str().unwrap()]);
+    assert!(!ok && out.contains("has no identity"), "{out}");
+}
+
+#[test]
+fn the_generator_enables_the_timer_only_with_a_valid_config() {
+    let sb = Sandbox::new("auto-gen", Some("a"));
+    let config = sb.dir.join("upgrade.yaml");
+    let gen = sb.dir.join("generated");
+    let run = || {
+        let _ = std::fs::remove_dir_all(&gen);
+        std::fs::create_dir_all(&gen).unwrap();
+        sb.ok(&[
+            "upgrade-generator",
+            gen.to_str().unwrap(),
+            "/early",
+            "/late",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    };
+    run();
+    assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
+    std::fs::write(
+        &config,
+        "source: reg.example/os:stable\nschedule: \"*-*-* 03:00\"\n",
+    )
+    .unwrap();
+    run();
+    let dropin =
+        std::fs::read_to_string(gen.join("immuboot-upgrade.timer.d/50-schedule.conf")).unwrap();
+    assert!(
+        dropin.contains("OnCalendar=\nOnCalendar=*-*-* 03:00\n"),
+        "{dropin}"
+    );
+    assert_eq!(
+        std::fs::read_link(gen.join("timers.target.wants/immuboot-upgrade.timer")).unwrap(),
+        Path::new("/etc/systemd/system/immuboot-upgrade.timer")
+    );
+    std::fs::write(&config, "source: x\nreboot: later\n").unwrap();
+    let out = run();
+    assert!(out.contains("stay off") && out.contains("reboot"), "{out}");
+    assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
+}

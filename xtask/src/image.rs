@@ -122,6 +122,9 @@ fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stam
         .file(&root.join("image/systemd/immuboot-watchdog.conf"))?
         .file(&root.join("image/systemd/immuboot-verify.service"))?
         .file(&root.join("image/systemd/immuboot-verify.timer"))?
+        .file(&root.join("image/systemd/immuboot-upgrade.service"))?
+        .file(&root.join("image/systemd/immuboot-upgrade.timer"))?
+        .file(&root.join("image/systemd/immuboot-upgrade-generator"))?
         .file(&root.join("xtask/src/image.rs"))?
         .file(&root.join("xtask/src/initramfs.rs"))?;
     match cfg.initramfs {
@@ -462,7 +465,8 @@ pub fn write_digests(root: &Path, image: &Path) -> Result<()> {
 ///   what a QEMU guest uses, so squashing it in the guest is quick);
 /// - `oci-v5/` (beside `dir`, not on the payload disk: the scenarios push it
 ///   to a registry): rootfs-v4 plus a layer that changes os-release and
-///   deletes /etc/motd (a whiteout).
+///   deletes /etc/motd (a whiteout); its tag `v6-broken` is rootfs-v4 plus a
+///   layer whose systemd fails to start.
 ///
 /// Squashed fast (gzip level 1): they only have to boot in tests.
 fn test_variants(root: &Path, dir: &Path) -> Result<()> {
@@ -580,8 +584,37 @@ fn test_variants(root: &Path, dir: &Path) -> Result<()> {
             created: None,
         },
     )?;
+    // A broken release for the unattended-upgrade scenario, tag
+    // `v6-broken` of the same layout (the lower layer is shared): version
+    // 6, whose systemd fails to start, as broken-systemd.img.
+    let broken = vec![
+        LayerEntry::dir("usr", 0o755),
+        LayerEntry::dir("usr/lib", 0o755),
+        LayerEntry::file("usr/lib/os-release", with_version(&good, "6"), 0o644),
+        LayerEntry::dir("usr/lib/systemd", 0o755),
+        LayerEntry::file("usr/lib/systemd/systemd", BROKEN_SYSTEMD, 0o755),
+    ];
+    immuboot_oci::write_layout(
+        &oci,
+        "v6-broken",
+        &[LayerSource::Dir(v4.clone()), LayerSource::Entries(broken)],
+        immuboot_oci::ImageConfigInput {
+            labels: [(
+                "org.opencontainers.image.version".to_string(),
+                "6".to_string(),
+            )]
+            .into(),
+            created: None,
+        },
+    )?;
     Ok(())
 }
+
+/// What the broken test images have in place of systemd. After systemd's
+/// switch-root (dracut) standard output is not the console, so the line
+/// goes there directly.
+const BROKEN_SYSTEMD: &str =
+    "#!/bin/sh\necho 'test image: systemd fails to start' > /dev/console\nexit 1\n";
 
 /// The root with `/usr/lib/systemd/systemd` replaced by a script that
 /// says so and exits 1, squashed fast into `out`: both kinds of initramfs
@@ -594,12 +627,7 @@ fn broken_systemd(root: &Path, out: &Path) -> Result<()> {
     let _ = fs::remove_file(&saved);
     fs::rename(&bin, &saved)?;
     let result = (|| {
-        fs::write(
-            &bin,
-            // After systemd's switch-root (dracut) standard output is not the
-            // console, so the line goes there directly.
-            "#!/bin/sh\necho 'test image: systemd fails to start' > /dev/console\nexit 1\n",
-        )?;
+        fs::write(&bin, BROKEN_SYSTEMD)?;
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
         squash(root, out, &fast_squash())
     })();
@@ -768,6 +796,22 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     fs::create_dir_all(&wants)?;
     let _ = fs::remove_file(wants.join(unit));
     symlink(format!("../{unit}"), wants.join(unit))?;
+    // Unattended upgrades: installed, off until /oem/immuboot/upgrade.yaml
+    // exists (the generator enables the timer then).
+    for unit in ["immuboot-upgrade.service", "immuboot-upgrade.timer"] {
+        fs::copy(
+            workspace_root().join("image/systemd").join(unit),
+            root.join("etc/systemd/system").join(unit),
+        )?;
+    }
+    let generators = root.join("usr/lib/systemd/system-generators");
+    fs::create_dir_all(&generators)?;
+    let generator = generators.join("immuboot-upgrade-generator");
+    fs::copy(
+        workspace_root().join("image/systemd/immuboot-upgrade-generator"),
+        &generator,
+    )?;
+    fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
     Ok(kver)
 }
 

@@ -1,6 +1,7 @@
 //! One module per command; what they share: the boot facts and state
 //! directory ([`Ctx`]), a boot state change ([`update`]), rebooting.
 
+pub mod auto_upgrade;
 pub mod mark_good;
 pub mod reset;
 pub mod state_cmds;

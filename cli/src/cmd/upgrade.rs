@@ -30,6 +30,7 @@ fn compare(
         booted,
         &req.source,
         req.plain_http,
+        false,
         rep,
     )
 }

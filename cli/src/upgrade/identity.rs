@@ -76,6 +76,19 @@ impl Identity {
         }
     }
 
+    /// A stable name for the identity, as the unattended upgrades remember
+    /// it: the manifest digest of an OCI image, `squashfs:sha256:HEX` of a
+    /// squashfs file; `None` for a directory.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Identity::Squashfs { sha256, .. } if !sha256.is_empty() => {
+                Some(format!("squashfs:sha256:{sha256}"))
+            }
+            Identity::Oci { manifest_digest } => Some(manifest_digest.clone()),
+            _ => None,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         match self {
             Identity::Squashfs { sha256, .. } => serde_json::json!({"sha256": sha256}),
@@ -104,6 +117,24 @@ impl Identity {
             Identity::Unknown => false,
         }
     }
+}
+
+/// The identity keys ([`Identity::key`]) the image file `image` holds:
+/// its recorded SHA-256 as a squashfs, and its OCI manifest when it was
+/// written from one.
+pub fn keys_held_by(image: &Path) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(sha) =
+        std::fs::read_to_string(digest::image_digest_path(&image.display().to_string()))
+            .ok()
+            .and_then(|t| digest::single(&t).ok())
+    {
+        keys.push(format!("squashfs:sha256:{sha}"));
+    }
+    if let Some(r) = read_source_record(image) {
+        keys.push(r.manifest_digest);
+    }
+    keys
 }
 
 /// Why a slot counts as holding what the machine runs or is about to run.
@@ -199,12 +230,13 @@ impl Comparison {
     }
 }
 
-/// The identity of `source`: hashes a squashfs (only when a slot to compare
-/// with has the same length), resolves an OCI manifest digest.
+/// The identity of `source`: hashes a squashfs (with `images`, only when
+/// one of them has the same length; with `None` always), resolves an OCI
+/// manifest digest.
 pub fn identify(
     source: &Source,
     plain_http: bool,
-    images: &[PathBuf],
+    images: Option<&[PathBuf]>,
     rep: &mut Reporter,
 ) -> Result<Identity> {
     Ok(match source {
@@ -214,10 +246,11 @@ pub fn identify(
                 .len();
             // Images of another length cannot be the same: no need to read
             // a large file for that.
-            if !images
-                .iter()
-                .any(|i| std::fs::metadata(i).is_ok_and(|m| m.len() == bytes))
-            {
+            if images.is_some_and(|images| {
+                !images
+                    .iter()
+                    .any(|i| std::fs::metadata(i).is_ok_and(|m| m.len() == bytes))
+            }) {
                 return Ok(Identity::Squashfs {
                     sha256: String::new(),
                     bytes,
@@ -245,19 +278,26 @@ pub fn identify(
 }
 
 /// Compares `source` with the booted slot and the slot on trial under
-/// `state_dir`.
+/// `state_dir`. `full`: always compute the source's identity (a squashfs
+/// is otherwise hashed only when a slot has its length).
 pub fn compare(
     state: &BootState,
     state_dir: &Path,
     booted: Option<Slot>,
     source: &Source,
     plain_http: bool,
+    full: bool,
     rep: &mut Reporter,
 ) -> Result<Comparison> {
     let image = |slot: Slot| state_dir.join("cOS").join(format!("{slot}.img"));
     let slots = candidates(state, booted);
     let images: Vec<PathBuf> = slots.iter().map(|(s, _)| image(*s)).collect();
-    let identity = identify(source, plain_http, &images, rep)?;
+    let identity = identify(
+        source,
+        plain_http,
+        (!full).then_some(images.as_slice()),
+        rep,
+    )?;
     let held_by = slots
         .iter()
         .copied()

@@ -793,10 +793,16 @@ impl Registry {
 
     /// Pushes an OCI layout's tag as REPO:TAG with skopeo.
     pub fn push(&self, layout: &Path, tag: &str, repo: &str) -> Result<()> {
+        self.push_as(layout, tag, repo, tag)
+    }
+
+    /// Pushes an OCI layout's tag as REPO:AS (a moving tag such as
+    /// `stable`).
+    pub fn push_as(&self, layout: &Path, tag: &str, repo: &str, to: &str) -> Result<()> {
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://127.0.0.1:{}/{repo}:{tag}", self.port))
+            .arg(format!("docker://127.0.0.1:{}/{repo}:{to}", self.port))
             .output()
             .context("cannot run skopeo (package skopeo)")?;
         if !out.status.success() {
