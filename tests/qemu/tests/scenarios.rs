@@ -1074,6 +1074,11 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
         rc == 0 && out.contains("slot a (booted) already holds"),
         "--check: exit {rc}: {out}"
     );
+    // The command the Kubernetes Plan runs (README), run again after the
+    // reboot it caused: nothing written, no reboot, exit 0.
+    let out = upgrade(&mut vm, &format!("--plain-http {reference} --reboot"))?;
+    ensure!(out.contains("slot a (booted) already holds"), "{out}");
+    ensure!(vm.run_ok("echo still-up")?.contains("still-up"));
 
     // A broken release under the same tag: the next run installs it into
     // slot b and reboots, its one try fails, the machine is back on slot a
