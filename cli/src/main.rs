@@ -152,6 +152,9 @@ cOS/auto-upgrade.json on COS_STATE.")]
         /// Trusted minisign public key (as for `upgrade`).
         #[arg(long = "trusted-key", value_name = "FILE")]
         trusted_keys: Vec<PathBuf>,
+        /// Trusted cosign public key (as for `upgrade`).
+        #[arg(long = "cosign-key", value_name = "FILE")]
+        cosign_keys: Vec<PathBuf>,
         /// Print JSON lines (steps, progress, result) instead of text.
         #[arg(long)]
         json: bool,
@@ -231,6 +234,12 @@ pub(crate) struct WriteOptions {
     /// /etc/immuboot/trusted.pub, /oem/immuboot/trusted.pub]
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
+    /// Trusted cosign public key (PEM, as `cosign generate-key-pair`
+    /// writes it); when any configured key exists, OCI images must carry a
+    /// cosign signature by one [default: /etc/immuboot/cosign.pub,
+    /// /oem/immuboot/cosign.pub]
+    #[arg(long = "cosign-key", value_name = "FILE")]
+    cosign_keys: Vec<PathBuf>,
     /// The SHA-256 the squashfs must have (default: from SOURCE.sha256 if
     /// present).
     #[arg(long, value_name = "HEX")]
@@ -262,6 +271,11 @@ impl WriteOptions {
                 upgrade::TRUSTED_KEYS.iter().map(PathBuf::from).collect()
             } else {
                 self.trusted_keys.clone()
+            },
+            cosign_keys: if self.cosign_keys.is_empty() {
+                upgrade::COSIGN_KEYS.iter().map(PathBuf::from).collect()
+            } else {
+                self.cosign_keys.clone()
             },
             work_dir: self.work_dir.clone(),
             expected_sha256: self.sha256.as_ref().map(|s| s.to_ascii_lowercase()),
@@ -319,6 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             forget_failed,
             work_dir,
             trusted_keys,
+            cosign_keys,
             json,
         } => cmd::auto_upgrade::run(
             &ctx,
@@ -330,6 +345,11 @@ fn run(cli: Cli) -> Result<()> {
                     upgrade::TRUSTED_KEYS.iter().map(PathBuf::from).collect()
                 } else {
                     trusted_keys.clone()
+                },
+                cosign_keys: if cosign_keys.is_empty() {
+                    upgrade::COSIGN_KEYS.iter().map(PathBuf::from).collect()
+                } else {
+                    cosign_keys.clone()
                 },
                 json: *json,
             },

@@ -336,7 +336,7 @@ fn with_a_trusted_key_only_signed_untampered_images_install() {
     // A directory cannot carry a signature: refused.
     let root = rootfs(&sb.dir, "9");
     let (ok, out) = sb.run(&["upgrade", root.to_str().unwrap(), "--trusted-key", &key]);
-    assert!(!ok && out.contains("only a signed squashfs"), "{out}");
+    assert!(!ok && out.contains("only signed images"), "{out}");
 
     // Signed and intact: installed.
     let out = sb.ok(&[
@@ -937,4 +937,85 @@ fn the_generator_enables_the_timer_only_with_a_valid_config() {
     let out = run();
     assert!(out.contains("stay off") && out.contains("reboot"), "{out}");
     assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
+}
+
+#[path = "../../oci/tests/common/signing.rs"]
+mod signing;
+
+#[test]
+fn oci_images_need_a_cosign_signature_by_a_trusted_key() {
+    use immuboot_oci::LayerSource;
+    let sb = Sandbox::new("up-cosign", Some("a"));
+    installed(&sb);
+    let layout = sb.dir.join("layout");
+    let write = |tag: &str, version: &str| {
+        immuboot_oci::write_layout(
+            &layout,
+            tag,
+            &[LayerSource::Dir(rootfs(&sb.dir, version))],
+            Default::default(),
+        )
+        .unwrap();
+        immuboot_oci::resolve(&immuboot_oci::ImageSource::Layout {
+            dir: layout.clone(),
+            tag: Some(tag.into()),
+        })
+        .unwrap()
+    };
+    let (signing, pem) = signing::key_pair();
+    let key = sb.dir.join("cosign.pub");
+    std::fs::write(&key, &pem).unwrap();
+    let key = key.to_str().unwrap().to_string();
+    let work = sb.dir.join("work");
+    let work = work.to_str().unwrap().to_string();
+    let spec = |tag: &str| format!("oci:{}:{tag}", layout.display());
+    let before = status(&sb);
+    let files = slot_files(&sb, "b");
+    let refused = |tag: &str, key: &str, want: &str| {
+        let (ok, out) = sb.run(&[
+            "upgrade",
+            &spec(tag),
+            "--cosign-key",
+            key,
+            "--work-dir",
+            &work,
+        ]);
+        assert!(!ok && out.contains(want), "{tag}: {out}");
+        assert_eq!(status(&sb), before);
+        assert_eq!(slot_files(&sb, "b"), files);
+    };
+
+    // Unsigned: refused, nothing changed.
+    let v6 = write("v6", "6");
+    refused("v6", &key, "is not signed");
+    // Signed with another key.
+    let (other, _) = signing::key_pair();
+    signing::store_signature(&layout, &v6, &signing::payload(&v6), &other);
+    refused("v6", &key, "not made by a trusted cosign key");
+    // Changed after signing: the tag now names another manifest, and the
+    // signature of the old one was copied to its signature tag.
+    let v7 = write("v6", "7");
+    signing::store_signature(&layout, &v7, &signing::payload(&v6), &signing);
+    refused("v6", &key, "changed after it was signed");
+    // With only a cosign key, a squashfs cannot be verified.
+    let img = squashfs(&sb.dir, "3");
+    let (ok, out) = sb.run(&["upgrade", img.to_str().unwrap(), "--cosign-key", &key]);
+    assert!(!ok && out.contains("no minisign key"), "{out}");
+
+    // Signed by the trusted key: installed, and said so.
+    signing::store_signature(&layout, &v7, &signing::payload(&v7), &signing);
+    let out = sb.ok(&[
+        "upgrade",
+        &spec("v6"),
+        "--cosign-key",
+        &key,
+        "--work-dir",
+        &work,
+    ]);
+    assert!(
+        out.contains("slot b written")
+            && out.contains(&format!("signature verified with cosign key {key}")),
+        "{out}"
+    );
+    assert!(status(&sb).contains("slot b:       on trial, 3 tries left  (image version 7)"));
 }

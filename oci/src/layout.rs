@@ -106,6 +106,42 @@ pub(crate) fn resolve(dir: &Path, tag: Option<&str>) -> Result<String> {
     Ok(desc.digest().to_string())
 }
 
+/// The cosign signature layers the layout holds under `tag`
+/// (`sha256-HEX.sig`, as `cosign save` writes them), each payload verified
+/// against its digest; `None` when the layout has no such tag.
+pub(crate) fn signature_layers(
+    dir: &Path,
+    tag: &str,
+) -> Result<Option<Vec<crate::cosign::SignatureLayer>>> {
+    let layout = Layout {
+        dir: dir.to_owned(),
+    };
+    let index_path = dir.join("index.json");
+    let index = ImageIndex::from_file(&index_path)
+        .with_context(|| format!("reading {}", index_path.display()))?;
+    let Some(desc) = index.manifests().iter().find(|d| ref_name(d) == Some(tag)) else {
+        return Ok(None);
+    };
+    let manifest: ImageManifest =
+        serde_json::from_slice(&layout.read_small(desc, "the signature manifest")?)
+            .context("parsing the signature manifest")?;
+    let mut layers = Vec::new();
+    for layer in manifest.layers() {
+        if layer.media_type().to_string() != crate::cosign::SIMPLE_SIGNING {
+            continue;
+        }
+        layers.push(crate::cosign::SignatureLayer {
+            payload: layout.read_small(layer, "a signature payload")?,
+            signature: layer
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::cosign::SIGNATURE_ANNOTATION))
+                .cloned(),
+        });
+    }
+    Ok(Some(layers))
+}
+
 pub(crate) fn unpack(
     dir: &Path,
     tag: Option<&str>,

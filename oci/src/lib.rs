@@ -72,6 +72,7 @@ mod apply;
 mod archive;
 pub mod auth;
 mod build;
+pub mod cosign;
 mod digest;
 mod layout;
 #[cfg(feature = "registry")]
@@ -153,6 +154,57 @@ pub fn resolve(source: &ImageSource) -> Result<String> {
         ImageSource::Registry { reference, .. } => Err(source::no_registry(reference)),
         ImageSource::Layout { dir, tag } => layout::resolve(dir, tag.as_deref()),
         ImageSource::DockerArchive { path } => archive::resolve(path),
+    }
+}
+
+/// Verifies the cosign signature of the image `source` names with one of
+/// `keys` (see [`cosign`]), fetching only the manifest and the signature
+/// manifest and payloads, no layer. Returns the verified manifest digest
+/// and the source pinned to it: unpack that, so the tree is what was
+/// signed (for a registry `REPO@DIGEST`; a layout or archive is local, and
+/// [`UnpackedImage::manifest_digest`] must then equal the verified one).
+pub fn verify_cosign(
+    source: &ImageSource,
+    keys: &[cosign::CosignKey],
+) -> Result<(cosign::Verified, ImageSource)> {
+    let unsigned = |digest: &str, where_: &str| {
+        anyhow::anyhow!(
+            "the image {digest} is not signed: there is no cosign signature (tag {}) {where_}",
+            cosign::signature_tag(digest).unwrap_or_default()
+        )
+    };
+    match source {
+        #[cfg(feature = "registry")]
+        ImageSource::Registry {
+            reference,
+            plain_http,
+        } => {
+            let (digest, layers) = registry::signature_layers(reference, *plain_http)?;
+            let layers = layers.ok_or_else(|| unsigned(&digest, "in its repository"))?;
+            let verified = cosign::verify_layers(&layers, keys, &digest)?;
+            let pinned = ImageSource::Registry {
+                reference: registry::pinned(reference, &digest)?,
+                plain_http: *plain_http,
+            };
+            Ok((verified, pinned))
+        }
+        #[cfg(not(feature = "registry"))]
+        ImageSource::Registry { reference, .. } => Err(source::no_registry(reference)),
+        ImageSource::Layout { dir, .. } => {
+            let digest = resolve(source)?;
+            let tag = cosign::signature_tag(&digest)?;
+            let layers = layout::signature_layers(dir, &tag)?
+                .ok_or_else(|| unsigned(&digest, "in the layout"))?;
+            Ok((
+                cosign::verify_layers(&layers, keys, &digest)?,
+                source.clone(),
+            ))
+        }
+        ImageSource::DockerArchive { path } => anyhow::bail!(
+            "{} is a docker-archive, which carries no cosign signature; publish the image to a \
+             registry or an OCI layout with its signature",
+            path.display()
+        ),
     }
 }
 

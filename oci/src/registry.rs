@@ -250,6 +250,82 @@ pub(crate) fn resolve(reference: &str, plain_http: bool) -> Result<String> {
     Ok(session.manifest(reference)?.1)
 }
 
+/// The manifest digest of `reference` and the cosign signature layers
+/// stored for it (tag `sha256-HEX.sig` in the same repository), each
+/// payload verified against its digest; `None` when there is no such tag.
+pub(crate) fn signature_layers(
+    reference: &str,
+    plain_http: bool,
+) -> Result<(String, Option<Vec<crate::cosign::SignatureLayer>>)> {
+    let session = Session::open(reference, plain_http)?;
+    let (_, digest) = session.manifest(reference)?;
+    let tag = crate::cosign::signature_tag(&digest)?;
+    let sig_ref = Reference::with_tag(
+        session.reference.registry().to_owned(),
+        session.reference.repository().to_owned(),
+        tag.clone(),
+    );
+    let fetched = session.runtime.block_on(
+        session
+            .client
+            .pull_image_manifest(&sig_ref, &session.login.registry_auth()),
+    );
+    let manifest = match fetched {
+        Ok((m, _)) => m,
+        Err(e) => {
+            let text = format!("{e:#}").to_lowercase();
+            if ["manifest unknown", "manifest_unknown", "not found", "404"]
+                .iter()
+                .any(|s| text.contains(s))
+            {
+                return Ok((digest, None));
+            }
+            return Err(explain(e, &session.registry, plain_http, &session.login))
+                .with_context(|| format!("fetching the signatures of {reference} (tag {tag})"));
+        }
+    };
+    let mut layers = Vec::new();
+    for layer in manifest
+        .layers
+        .iter()
+        .filter(|l| l.media_type == crate::cosign::SIMPLE_SIGNING)
+    {
+        if u64::try_from(layer.size).unwrap_or(u64::MAX) > MAX_METADATA {
+            bail!(
+                "a signature payload of {reference} is {} bytes: not a signature",
+                layer.size
+            );
+        }
+        let mut payload = Vec::new();
+        session.download(layer, "a signature payload", |chunk| {
+            payload.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        layers.push(crate::cosign::SignatureLayer {
+            payload,
+            signature: layer
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::cosign::SIGNATURE_ANNOTATION))
+                .cloned(),
+        });
+    }
+    Ok((digest, Some(layers)))
+}
+
+/// `reference` pinned to `digest` (`REGISTRY/REPO@DIGEST`): what is then
+/// pulled is the manifest that was verified, whatever the tag says by now.
+pub(crate) fn pinned(reference: &str, digest: &str) -> Result<String> {
+    let parsed: Reference = reference
+        .parse()
+        .with_context(|| format!("invalid image reference {reference:?}"))?;
+    Ok(format!(
+        "{}/{}@{digest}",
+        parsed.registry(),
+        parsed.repository()
+    ))
+}
+
 pub(crate) fn unpack(
     reference: &str,
     plain_http: bool,

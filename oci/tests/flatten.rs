@@ -456,3 +456,61 @@ fn docker_archive_unpacks_like_the_layout() {
         "a refused layer left files behind"
     );
 }
+
+#[test]
+fn cosign_signatures_in_a_layout_bind_the_manifest() {
+    use common::signing::{key_pair, payload, store_signature};
+    use immuboot_oci::cosign::CosignKey;
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "v1",
+        &common::layers(work.path()),
+        common::config(),
+    )
+    .unwrap();
+    let source = layout_source(&layout, "v1");
+    let digest = immuboot_oci::resolve(&source).unwrap();
+    let (signing, pem) = key_pair();
+    let keys = vec![CosignKey::from_pem(&pem, "cosign.pub").unwrap()];
+    let err = |keys: &[CosignKey]| {
+        format!(
+            "{:#}",
+            immuboot_oci::verify_cosign(&source, keys).unwrap_err()
+        )
+    };
+
+    // Unsigned.
+    assert!(err(&keys).contains("is not signed"), "{}", err(&keys));
+    // Signed by the trusted key: verified, the unpacked manifest is it.
+    store_signature(&layout, &digest, &payload(&digest), &signing);
+    let (verified, pinned) = immuboot_oci::verify_cosign(&source, &keys).unwrap();
+    assert_eq!(verified.manifest_digest, digest);
+    assert_eq!(verified.key, "cosign.pub");
+    let image = unpack(&pinned, &work.path().join("tree"), &mut no_progress()).unwrap();
+    assert_eq!(image.manifest_digest, digest);
+    // Signed by another key.
+    let (_, other) = key_pair();
+    let others = vec![CosignKey::from_pem(&other, "other.pub").unwrap()];
+    assert!(err(&others).contains("not made by a trusted cosign key (other.pub)"));
+    // The tag moved to a changed image, and the old signature (of the old
+    // manifest) was copied to the new digest's tag: refused.
+    write_layout(
+        &layout,
+        "v1",
+        &[LayerSource::Entries(vec![LayerEntry::file(
+            "x", "changed", 0o644,
+        )])],
+        common::config(),
+    )
+    .unwrap();
+    let changed = immuboot_oci::resolve(&source).unwrap();
+    assert_ne!(changed, digest);
+    store_signature(&layout, &changed, &payload(&digest), &signing);
+    assert!(
+        err(&keys).contains("changed after it was signed"),
+        "{}",
+        err(&keys)
+    );
+}

@@ -282,3 +282,63 @@ fn skopeo_formats_unpack_alike() {
         .collect();
     assert!(lines.join("\n").contains("immuboot.test"));
 }
+
+/// An image and its cosign signature pushed to a registry (the signature
+/// manifest as `cosign sign` stores it, tag `sha256-HEX.sig`): verified
+/// with the trusted key, refused with another, refused unsigned; the pull
+/// is pinned to the verified digest.
+#[test]
+fn cosign_signatures_from_a_registry() {
+    use common::signing::{key_pair, payload, store_signature};
+    use immuboot_oci::cosign::CosignKey;
+    need(REGISTRY, "docker-registry");
+    need(SKOPEO, "skopeo");
+    let work = tempfile::tempdir().unwrap();
+    let (layout, _digest, reference_tree) = layout_with_fixture(work.path());
+    let registry = start_registry(work.path(), None);
+    let image_ref = format!("{}/test/os:v1", registry.addr);
+    let push = |tag: &str, to: &str| {
+        skopeo(&[
+            "copy",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/test/os:{to}", registry.addr),
+        ])
+    };
+    push("v1", "v1");
+    let source = ImageSource::Registry {
+        reference: image_ref.clone(),
+        plain_http: true,
+    };
+    let digest = immuboot_oci::resolve(&source).unwrap();
+    let (signing, pem) = key_pair();
+    let keys = vec![CosignKey::from_pem(&pem, "cosign.pub").unwrap()];
+    let err = immuboot_oci::verify_cosign(&source, &keys).unwrap_err();
+    assert!(format!("{err:#}").contains("is not signed"), "{err:#}");
+
+    store_signature(&layout, &digest, &payload(&digest), &signing);
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    push(&sig_tag, &sig_tag);
+    let (verified, pinned) = immuboot_oci::verify_cosign(&source, &keys).unwrap();
+    assert_eq!(verified.manifest_digest, digest);
+    assert_eq!(
+        pinned,
+        ImageSource::Registry {
+            reference: format!("{}/test/os@{digest}", registry.addr),
+            plain_http: true
+        }
+    );
+    let dest = work.path().join("pinned");
+    let image = unpack(&pinned, &dest, &mut |_| {}).unwrap();
+    assert_eq!(image.manifest_digest, digest);
+    assert_eq!(common::snapshot(&reference_tree), common::snapshot(&dest));
+
+    let (_, other) = key_pair();
+    let others = vec![CosignKey::from_pem(&other, "other.pub").unwrap()];
+    let err = immuboot_oci::verify_cosign(&source, &others).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not made by a trusted cosign key"),
+        "{err:#}"
+    );
+}

@@ -18,6 +18,7 @@ pub struct Options {
     pub forget_failed: bool,
     pub work_dir: PathBuf,
     pub trusted_keys: Vec<PathBuf>,
+    pub cosign_keys: Vec<PathBuf>,
     pub json: bool,
 }
 
@@ -85,6 +86,7 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
         plain_http: cfg.plain_http,
         signature: None,
         trusted_keys: opts.trusted_keys.clone(),
+        cosign_keys: opts.cosign_keys.clone(),
         work_dir: opts.work_dir.clone(),
         expected_sha256: None,
         compression_level: None,

@@ -37,6 +37,7 @@ pub fn run(
         // digest list is still checked); a signature applies to images
         // from elsewhere.
         req.trusted_keys.clear();
+        req.cosign_keys.clear();
     }
     let mut rep = progress::Reporter::new(opts.json);
     let state = &ctx.state_dir;

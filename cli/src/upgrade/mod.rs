@@ -40,8 +40,12 @@ pub use verify::image_version;
 use serde_json::json;
 use std::path::PathBuf;
 
-/// Where keys that may sign images live: in the image, or on COS_OEM.
+/// Where minisign keys that may sign squashfs images live: in the image,
+/// or on COS_OEM.
 pub const TRUSTED_KEYS: &[&str] = &["/etc/immuboot/trusted.pub", "/oem/immuboot/trusted.pub"];
+
+/// Where cosign keys that may sign OCI images live, beside them.
+pub const COSIGN_KEYS: &[&str] = &["/etc/immuboot/cosign.pub", "/oem/immuboot/cosign.pub"];
 
 /// Options of one upgrade.
 #[derive(Debug, Clone)]
@@ -52,8 +56,11 @@ pub struct Request {
     pub plain_http: bool,
     /// A minisign signature of the squashfs (default: SOURCE.minisig).
     pub signature: Option<PathBuf>,
-    /// Key files; those that exist are trusted, and then images must be signed.
+    /// minisign key files; those that exist are trusted, and then images
+    /// must be signed.
     pub trusted_keys: Vec<PathBuf>,
+    /// cosign key files (PEM); likewise, for OCI images.
+    pub cosign_keys: Vec<PathBuf>,
     /// Where an OCI image is unpacked before it is squashed.
     pub work_dir: PathBuf,
     /// Digest the squashfs must have (default: SOURCE.sha256 if present).

@@ -71,14 +71,30 @@ pub(super) fn squash_dir(
     Ok(())
 }
 
-/// Unpacks an OCI image into `dest`; returns its manifest digest.
+/// Unpacks an OCI image into `dest`; returns its manifest digest and, with
+/// `cosign` keys, which one signed it. With keys, the signature is verified
+/// first (nothing is downloaded or unpacked for an image that is not
+/// signed) and what is unpacked is the verified manifest.
 pub(super) fn unpack_oci(
     spec: &str,
     plain_http: bool,
+    cosign: &[immuboot_oci::cosign::CosignKey],
     dest: &Path,
     rep: &mut Reporter,
-) -> Result<String> {
+) -> Result<(String, Option<String>)> {
     let source = immuboot_oci::ImageSource::parse(spec, plain_http)?;
+    let (source, verified) = if cosign.is_empty() {
+        (source, None)
+    } else {
+        rep.step(&format!("verifying the cosign signature of {spec}"));
+        let (verified, pinned) = immuboot_oci::verify_cosign(&source, cosign)
+            .with_context(|| format!("{spec} is refused"))?;
+        rep.step(&format!(
+            "signature of {} verified with {}",
+            verified.manifest_digest, verified.key
+        ));
+        (pinned, Some(verified))
+    };
     rep.step(&format!("unpacking {spec} into {}", dest.display()));
     let mut phase = "";
     let info = immuboot_oci::unpack(&source, dest, &mut |p: immuboot_oci::Progress| {
@@ -92,5 +108,18 @@ pub(super) fn unpack_oci(
         "image {} ({} layers) unpacked",
         info.manifest_digest, info.layers
     ));
-    Ok(info.manifest_digest)
+    if let Some(v) = &verified {
+        if info.manifest_digest != v.manifest_digest {
+            bail!(
+                "{spec} changed while it was read: the signature verified manifest {}, but {} \
+                 was unpacked; refused",
+                v.manifest_digest,
+                info.manifest_digest
+            );
+        }
+    }
+    Ok((
+        info.manifest_digest,
+        verified.map(|v| format!("cosign key {}", v.key)),
+    ))
 }

@@ -38,6 +38,17 @@ pub struct Checks {
     pub(super) expected: Option<String>,
     pub(super) signature: Option<(PathBuf, minisign_verify::Signature)>,
     pub(super) keys: Vec<(PathBuf, minisign_verify::PublicKey)>,
+    /// Trusted cosign keys: an OCI image must carry a signature by one.
+    pub(super) cosign: Vec<immuboot_oci::cosign::CosignKey>,
+}
+
+/// The trusted cosign keys (the configured files that exist).
+pub fn load_cosign_keys(paths: &[PathBuf]) -> Result<Vec<immuboot_oci::cosign::CosignKey>> {
+    paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| immuboot_oci::cosign::CosignKey::read(p))
+        .collect()
 }
 
 impl Checks {
@@ -45,6 +56,13 @@ impl Checks {
     /// unsigned source when a key is configured.
     pub fn prepare(req: &Request) -> Result<Checks> {
         let keys = load_keys(&req.trusted_keys)?;
+        let cosign = load_cosign_keys(&req.cosign_keys)?;
+        // Any trusted key means every image must be signed: a squashfs
+        // with minisign, an OCI image with cosign.
+        let any_key = keys
+            .first()
+            .map(|(p, _)| p.display().to_string())
+            .or_else(|| cosign.first().map(|k| k.name.clone()));
         let mut expected = req.expected_sha256.clone();
         let mut signature = None;
         if let Source::Squashfs(src) = &req.source {
@@ -75,13 +93,21 @@ impl Checks {
                         format!("{} is not a minisign signature", sig_path.display())
                     })?;
                 signature = Some((sig_path, sig));
+            } else if let Some(key) = cosign.first() {
+                bail!(
+                    "a trusted cosign key is configured ({}), and no minisign key: a squashfs \
+                     cannot be verified (sign it with `minisign -S -m IMAGE` and configure the \
+                     minisign key in /oem/immuboot/trusted.pub, or install a signed OCI image)",
+                    key.name
+                );
             }
-        } else if let Some((key, _)) = keys.first() {
+        } else if let (Source::Oci(_), false) = (&req.source, cosign.is_empty()) {
+            // Verified while it is fetched, before anything is written.
+        } else if let Some(key) = any_key {
             bail!(
-                "a trusted key is configured ({}): only a signed squashfs image can be installed, \
-                 not an unsigned {} (build the squashfs, sign it with `minisign -S -m IMAGE`, \
-                 and upgrade from the file)",
-                key.display(),
+                "a trusted key is configured ({key}): only signed images can be installed, not an \
+                 unsigned {} (a squashfs signed with `minisign -S -m IMAGE`, or an OCI image \
+                 signed with `cosign sign --key`, its key in /oem/immuboot/cosign.pub)",
                 req.source.describe()
             );
         }
@@ -89,6 +115,7 @@ impl Checks {
             expected,
             signature,
             keys,
+            cosign,
         })
     }
 }

@@ -105,7 +105,9 @@ pub fn prepare_image(
         expected,
         signature,
         keys,
+        cosign,
     } = checks;
+    let mut cosign_signer = None;
 
     let result = (|| -> Result<Prepared> {
         let mut source = None;
@@ -126,14 +128,16 @@ pub fn prepare_image(
                 let unpack = req
                     .work_dir
                     .join(format!(".upgrade-{}", std::process::id()));
-                let r = unpack_oci(spec, req.plain_http, &unpack, rep).and_then(|digest| {
+                let r = unpack_oci(spec, req.plain_http, cosign, &unpack, rep).and_then(|got| {
                     squash_dir(&unpack, &tmp, dir, req.compression_level, rep)?;
-                    Ok(digest)
+                    Ok(got)
                 });
                 let _ = std::fs::remove_dir_all(&unpack);
+                let (manifest_digest, signer) = r?;
+                cosign_signer = signer;
                 source = Some(SourceRecord {
                     source: spec.clone(),
-                    manifest_digest: r?,
+                    manifest_digest,
                 });
                 None
             }
@@ -141,6 +145,7 @@ pub fn prepare_image(
         checkpoint("written");
         rep.step("verifying what is on disk");
         let (sha256, bytes, signed_by) = verify_on_disk(&tmp, signature.as_ref(), keys, rep)?;
+        let signed_by = signed_by.or(cosign_signer.take());
         if let Some((want, _)) = &streamed {
             if *want != sha256 {
                 bail!(

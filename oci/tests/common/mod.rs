@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use immuboot_oci::{ImageConfigInput, LayerEntry, LayerSource};
 
 pub mod registry;
+pub mod signing;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
 
 /// security.capability v2 granting cap_net_raw (bit 13), effective.
