@@ -800,7 +800,12 @@ impl Registry {
     /// `stable`).
     pub fn push_as(&self, layout: &Path, tag: &str, repo: &str, to: &str) -> Result<()> {
         let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--preserve-digests",
+            ])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://127.0.0.1:{}/{repo}:{to}", self.port))
             .output()

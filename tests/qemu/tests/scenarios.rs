@@ -1032,6 +1032,49 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
     ensure!(image_version(&mut vm)? == "4");
     wait_marked_good(&mut vm)?;
 
+    // A cosign key on COS_OEM: from now on OCI images must be signed by it.
+    // What is not is refused before anything changes (the boot state and
+    // the slot images as they were, same inodes, sizes and times).
+    let repo = "immuboot/os";
+    let (trusted, pem) = signing::key_pair();
+    let (other, _) = signing::key_pair();
+    vm.run_ok(&format!(
+        "mkdir -p /oem/immuboot && printf '{}' > /oem/immuboot/cosign.pub && sync",
+        pem.replace('\n', "\\n")
+    ))?;
+    let v5 = registry_digest(&registry, repo, "stable")?;
+    push_signature(&registry, repo, &v5, &v5, &trusted)?;
+    registry.push_as(&layout, "v6-broken", repo, "candidate")?;
+    let v6 = registry_digest(&registry, repo, "candidate")?;
+    start_network(&mut vm)?;
+    let fingerprint = "(cd /run/initramfs/cos-state && stat -c '%i %s %Y %n' cOS/* \
+                       && find grub -maxdepth 1 -type f | sort | xargs sha256sum)";
+    let before = vm.run_ok(fingerprint)?;
+    let candidate = format!("--plain-http 10.0.2.2:{}/{repo}:candidate", registry.port);
+    for (case, signature, refusal) in [
+        ("unsigned", None, "is not signed"),
+        (
+            "signed with another key",
+            Some((&v6, &other)),
+            "not made by a trusted cosign key",
+        ),
+        (
+            "changed after signing (the signature of v5 under v6's tag)",
+            Some((&v5, &trusted)),
+            "changed after it was signed",
+        ),
+    ] {
+        if let Some((payload_of, key)) = signature {
+            push_signature(&registry, repo, &v6, payload_of, key)?;
+        }
+        let (rc, out) = vm.run(&format!("immuboot upgrade {candidate} 2>&1"))?;
+        ensure!(rc != 0 && out.contains(refusal), "{case}: exit {rc}: {out}");
+        ensure!(
+            vm.run_ok(fingerprint)? == before,
+            "{case}: the boot state or a slot image changed"
+        );
+    }
+
     // The configuration on COS_OEM follows the registry's `stable` tag; the
     // generator enables the timer with its schedule (daemon-reload runs
     // the generators again, as a boot does).
@@ -1045,9 +1088,9 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
     let calendar = vm.run_ok("systemctl show -p TimersCalendar --value immuboot-upgrade.timer")?;
     ensure!(calendar.contains("04:00:00"), "{calendar}");
 
-    // One run, started as the timer starts it: the OCI image is pulled,
-    // squashed into slot a, and the machine reboots into it.
-    start_network(&mut vm)?;
+    // One run, started as the timer starts it: the OCI image's signature
+    // is verified, it is pulled, squashed into slot a, and the machine
+    // reboots into it.
     let started = Instant::now();
     vm.send("systemctl start --no-block immuboot-upgrade.service\n")?;
     vm.wait_exit(Duration::from_secs(900))?;
@@ -1083,7 +1126,8 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
     // A broken release under the same tag: the next run installs it into
     // slot b and reboots, its one try fails, the machine is back on slot a
     // by itself.
-    registry.push_as(&layout, "v6-broken", "immuboot/os", "stable")?;
+    push_signature(&registry, repo, &v6, &v6, &trusted)?;
+    registry.push_as(&layout, "v6-broken", repo, "stable")?;
     vm.send("systemctl start --no-block immuboot-upgrade.service\n")?;
     vm.wait_exit(Duration::from_secs(900))?;
     failing_boot(
@@ -1111,6 +1155,45 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
         json!({"directory_upgrade_seconds_in_guest": dir_seconds, "unattended_registry_upgrade_to_reboot_seconds": oci_seconds}),
     )?;
     Ok(())
+}
+
+#[path = "../../../oci/tests/common/signing.rs"]
+mod signing;
+
+/// The manifest digest REPO:TAG has in the test registry (from the host).
+fn registry_digest(
+    registry: &immuboot_qemu_tests::Registry,
+    repo: &str,
+    tag: &str,
+) -> Result<String> {
+    immuboot_oci::resolve(&immuboot_oci::ImageSource::Registry {
+        reference: format!("127.0.0.1:{}/{repo}:{tag}", registry.port),
+        plain_http: true,
+    })
+}
+
+/// Pushes a cosign signature by `key` of a payload naming `payload_of`
+/// under the signature tag of `signed` (normally the same digest).
+fn push_signature(
+    registry: &immuboot_qemu_tests::Registry,
+    repo: &str,
+    signed: &str,
+    payload_of: &str,
+    key: &p256::ecdsa::SigningKey,
+) -> Result<()> {
+    let dir = immuboot_qemu_tests::artifacts_dir()
+        .join("registry")
+        .join(format!("signature-{}", registry.port));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        dir.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )?;
+    signing::store_signature(&dir, signed, &signing::payload(payload_of), key);
+    let tag = format!("sha256-{}.sig", signed.trim_start_matches("sha256:"));
+    registry.push_as(&dir, &tag, repo, &tag)
 }
 
 /// The guest's network through QEMU's user network (the registry on the
