@@ -693,6 +693,17 @@ fn the_same_squashfs_twice_is_a_no_op_and_check_tells_without_changing_anything(
     assert_eq!(result["result"]["up_to_date"], true, "{out}");
     assert_eq!(result["result"]["held_by"]["slot"], "b", "{out}");
     assert_eq!(result["result"]["held_by"]["role"], "on-trial", "{out}");
+    // Each upgrade's outcome is recorded for `status --json`.
+    let last = |sb: &Sandbox| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&sb.ok(&["status", "--json"])).unwrap()
+            ["last_upgrade"]
+            .clone()
+    };
+    assert_eq!(last(&sb)["result"], "unchanged");
+    let (ok, _) = sb.run(&["upgrade", "/nonexistent.img"]);
+    assert!(!ok);
+    assert_eq!(last(&sb)["result"], "failed");
+    assert!(last(&sb)["error"].as_str().unwrap().contains("nonexistent"));
 
     // Booted from b and marked good: b is the booted slot holding it.
     sb.write_facts(&Sandbox::facts(Some("b")));
@@ -710,6 +721,8 @@ fn the_same_squashfs_twice_is_a_no_op_and_check_tells_without_changing_anything(
     assert_eq!(code, Some(100));
     let out = sb.ok(&["upgrade", img, "--force"]);
     assert!(out.contains("slot a written"), "{out}");
+    assert_eq!(last(&sb)["result"], "written");
+    assert_eq!(last(&sb)["target"], "slot a");
     assert_eq!(
         sha256(&state_dir(&sb).join("cOS/a.img")),
         sha256(Path::new(img))

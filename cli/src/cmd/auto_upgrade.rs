@@ -4,6 +4,7 @@
 //! failed here before, reboot as configured. And `upgrade-generator`, which
 //! enables the timer with the configured schedule.
 
+use super::upgrade::now;
 use super::Ctx;
 use crate::auto::{self, AutoConfig, Reboot};
 use crate::{progress, upgrade};
@@ -20,13 +21,6 @@ pub struct Options {
     pub trusted_keys: Vec<PathBuf>,
     pub cosign_keys: Vec<PathBuf>,
     pub json: bool,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
@@ -156,7 +150,16 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
             booted: Some(booted),
         }
         .slot(&req, &mut rep)
-    })?;
+    });
+    let value = match &installed {
+        Ok(i) => json!({"at": now(), "source": cfg.source, "result": "written", "target": i.target,
+            "sha256": i.sha256, "manifest_digest": i.manifest_digest, "unattended": true}),
+        Err(e) => {
+            json!({"at": now(), "source": cfg.source, "result": "failed", "error": format!("{e:#}"), "unattended": true})
+        }
+    };
+    super::upgrade::record_attempt(state, value);
+    let installed = installed?;
     // What was unpacked, which may be newer than what was compared.
     let identity = installed
         .manifest_digest

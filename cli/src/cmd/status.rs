@@ -42,6 +42,14 @@ fn or_dash(v: Option<impl std::fmt::Display>) -> String {
 /// fields may appear without it.
 pub const STATUS_SCHEMA_VERSION: u32 = 1;
 
+/// A JSON file the upgrades wrote, or null.
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// One slot for `status --json`: health, what its image is and came from.
 fn slot_json(
     state_dir: &std::path::Path,
@@ -115,6 +123,8 @@ pub fn run(ctx: &Ctx, json: bool) -> Result<()> {
             "next_boot": next_boot_json(state, booted),
             "last_failure": state.last_failure,
             "recovery_failure": state.recovery_failure,
+            "last_upgrade": read_json(&state_dir.join(super::upgrade::LAST_UPGRADE)),
+            "unattended": read_json(&state_dir.join(crate::auto::MEMORY)),
             "boot": facts,
             "image_version": os_release_field("IMAGE_VERSION"),
             "state": state,

@@ -45,6 +45,37 @@ pub fn check(ctx: &Ctx, source: &str, opts: &WriteOptions) -> Result<bool> {
     Ok(found.up_to_date())
 }
 
+/// Where the last `upgrade` of a slot recorded how it went (for `status
+/// --json`), on COS_STATE beside the images.
+pub const LAST_UPGRADE: &str = "cOS/last-upgrade.json";
+
+/// Records how an upgrade of a slot went. Best effort: the upgrade's own
+/// outcome stands whether or not this can be written.
+pub(crate) fn record_attempt(state: &std::path::Path, value: serde_json::Value) {
+    let path = state.join(LAST_UPGRADE);
+    if !path.parent().is_some_and(|p| p.is_dir()) {
+        return;
+    }
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default() + "\n";
+    let written = with_writable(&LinuxSyscall, state, || {
+        immuboot_assess::fsutil::write_atomic(&path, text.as_bytes())
+    });
+    if let Err(e) = written {
+        errln!(
+            "immuboot: warning: cannot record the upgrade attempt in {} ({e:#})",
+            path.display()
+        );
+    }
+}
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 pub fn run(
     ctx: &Ctx,
     source: &str,
@@ -53,6 +84,35 @@ pub fn run(
     force: bool,
     opts: &WriteOptions,
 ) -> Result<()> {
+    let result = run_once(ctx, source, recovery, force, opts);
+    if !recovery {
+        let value = match &result {
+            Ok(Some(i)) => serde_json::json!({
+                "at": now(), "source": source, "result": "written", "target": i.target,
+                "sha256": i.sha256, "manifest_digest": i.manifest_digest,
+            }),
+            Ok(None) => serde_json::json!({"at": now(), "source": source, "result": "unchanged"}),
+            Err(e) => {
+                serde_json::json!({"at": now(), "source": source, "result": "failed", "error": format!("{e:#}")})
+            }
+        };
+        record_attempt(&ctx.state_dir, value);
+    }
+    let installed = result?;
+    if reboot && installed.is_some() {
+        reboot_now();
+    }
+    Ok(())
+}
+
+/// One upgrade: `Ok(None)` when a slot held the image already.
+fn run_once(
+    ctx: &Ctx,
+    source: &str,
+    recovery: bool,
+    force: bool,
+    opts: &WriteOptions,
+) -> Result<Option<upgrade::Installed>> {
     let req = opts.request(source)?;
     let mut rep = progress::Reporter::new(opts.json);
     let state = &ctx.state_dir;
@@ -62,7 +122,7 @@ pub fn run(
             let mut value = found.json();
             value["written"] = false.into();
             rep.result(value, &format!("{} (--force rewrites it)", found.summary()));
-            return Ok(());
+            return Ok(None);
         }
     }
     let installed = if recovery {
@@ -116,10 +176,7 @@ pub fn run(
             }
         ),
     );
-    if reboot {
-        reboot_now();
-    }
-    Ok(())
+    Ok(Some(installed))
 }
 
 /// A rewritten recovery image no longer has the failure `immuboot verify`

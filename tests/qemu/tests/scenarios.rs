@@ -1047,7 +1047,7 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
     registry.push_as(&layout, "v6-broken", repo, "candidate")?;
     let v6 = registry_digest(&registry, repo, "candidate")?;
     start_network(&mut vm)?;
-    let fingerprint = "(cd /run/initramfs/cos-state && stat -c '%i %s %Y %n' cOS/* \
+    let fingerprint = "(cd /run/initramfs/cos-state && stat -c '%i %s %Y %n' cOS/*.img* \
                        && find grub -maxdepth 1 -type f | sort | xargs sha256sum)";
     let before = vm.run_ok(fingerprint)?;
     let candidate = format!("--plain-http 10.0.2.2:{}/{repo}:candidate", registry.port);
