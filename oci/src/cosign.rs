@@ -273,6 +273,28 @@ pub(crate) mod tests {
         assert!(verify_layers(&[], &[], D).is_err());
     }
 
+    /// A key and signature made by OpenSSL (`openssl ecparam -genkey -name
+    /// prime256v1`, `openssl dgst -sha256 -sign`), the fuzz target's seed:
+    /// another implementation's signatures verify.
+    #[test]
+    fn openssl_signatures_verify() {
+        let seed =
+            String::from_utf8(include_bytes!("../../fuzz/corpus/cosign/signed").to_vec()).unwrap();
+        let parts: Vec<&str> = seed.split("\n--immuboot-fuzz--\n").collect();
+        let keys = vec![CosignKey::from_pem(parts[0], "openssl.pub").unwrap()];
+        let layer = SignatureLayer {
+            payload: parts[1].as_bytes().to_vec(),
+            signature: Some(parts[2].to_owned()),
+        };
+        assert_eq!(
+            verify_layers(std::slice::from_ref(&layer), &keys, parts[3])
+                .unwrap()
+                .key,
+            "openssl.pub"
+        );
+        assert!(verify_layers(&[layer], &keys, E).is_err());
+    }
+
     #[test]
     fn keys_and_tags() {
         assert!(CosignKey::from_pem(
