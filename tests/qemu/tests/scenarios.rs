@@ -1039,7 +1039,7 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
     let (trusted, pem) = signing::key_pair();
     let (other, _) = signing::key_pair();
     vm.run_ok(&format!(
-        "mkdir -p /oem/immuboot && printf '{}' > /oem/immuboot/cosign.pub && sync",
+        "mkdir -p /oem/immuboot && printf '%b' '{}' > /oem/immuboot/cosign.pub && sync",
         pem.replace('\n', "\\n")
     ))?;
     let v5 = registry_digest(&registry, repo, "stable")?;
