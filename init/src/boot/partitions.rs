@@ -77,6 +77,25 @@ fn scan_bound(cfg: &InitConfig) -> probe::Bound {
     )
 }
 
+/// How much longer than `immuboot.timeout` the wait goes on while udev is
+/// still working through device events (dracut mode: udev loads the disk
+/// drivers; under a slow machine its coldplug can outlast the timeout, and
+/// the disk appears moments after it).
+pub const UDEV_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether the wait for the image partition gives up: the timeout has
+/// passed, and udev is not busy with device events (or the grace is used
+/// up too).
+pub fn give_up(waited: Duration, timeout: Duration, udev_busy: bool) -> bool {
+    waited >= timeout && (!udev_busy || waited >= timeout + UDEV_GRACE)
+}
+
+/// Whether udev has device events queued (systemd-udevd keeps
+/// /run/udev/queue while it does; no udev, as in the standalone init: no).
+fn udev_busy() -> bool {
+    Path::new("/run/udev/queue").exists()
+}
+
 /// Waits for the partition holding the image, then takes one more look for
 /// the optional ones (they sit on the same disk, so they appear with it; no
 /// long wait penalises systems that lack them). Warnings go to `warn`.
@@ -97,7 +116,7 @@ pub fn find(
             break bound;
         }
         let waited = start.elapsed();
-        if waited >= cfg.device_timeout {
+        if give_up(waited, cfg.device_timeout, udev_busy()) {
             if let (Some(uuid), false) = (&cfg.state_uuid, on_boot_disk) {
                 bail!(
                     "the boot loader read COS_STATE with UUID {uuid}, and no partition labelled {} \
@@ -222,4 +241,23 @@ pub fn mount_ro(sys: &dyn Syscall, dev: &BlockDevice, at: &Path) -> Result<()> {
             at.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_outlasts_the_timeout_only_while_udev_is_busy_and_not_forever() {
+        let s = Duration::from_secs;
+        assert!(!give_up(s(29), s(30), false));
+        assert!(give_up(s(30), s(30), false));
+        // udev still loading drivers: keep waiting, up to the grace.
+        assert!(!give_up(s(31), s(30), true));
+        assert!(!give_up(s(30) + UDEV_GRACE - s(1), s(30), true));
+        assert!(give_up(s(30) + UDEV_GRACE, s(30), true));
+        // The dracut case: systemd used up most of the timeout already.
+        assert!(!give_up(s(5), s(1), true));
+        assert!(give_up(s(5), s(1), false));
+    }
 }
