@@ -2053,10 +2053,12 @@ fn same_boot_in(config: &str, kind: &str, fallbacks: Fallbacks) -> Result<()> {
         println!("{config}: a corrupted slot only in `cargo xtask test --full`");
         return record_result(&format!("initramfs-{config}"), result);
     }
+    // --force: slot a's own image into slot b is exactly what an upgrade
+    // otherwise skips (the booted slot holds it).
     let (_vm, corrupted_seconds) = corrupted_root_region_lands_on_slot_a(
         &mut m,
         vm,
-        "/run/initramfs/cos-state/cOS/a.img",
+        "--force /run/initramfs/cos-state/cOS/a.img",
         root_region_offset(config)?,
         Duration::from_secs(300),
     )?;
