@@ -58,11 +58,7 @@ fn slot_json(
     booted: Option<Slot>,
 ) -> serde_json::Value {
     let image = state_dir.join(slot.image_path().trim_start_matches('/'));
-    let sha256 = std::fs::read_to_string(immuboot_assess::digest::image_digest_path(
-        &image.display().to_string(),
-    ))
-    .ok()
-    .and_then(|t| immuboot_assess::digest::single(&t).ok());
+    let sha256 = upgrade::recorded_sha256(&image);
     let (health, tries) = match state.health(slot) {
         Health::Good => ("good", None),
         Health::Trial { tries } => ("trial", Some(tries)),

@@ -56,6 +56,13 @@ pub fn read_source_record(image: &Path) -> Option<SourceRecord> {
     serde_json::from_str(&text).ok()
 }
 
+/// The SHA-256 recorded for `image` when it was written (`IMAGE.sha256`).
+pub fn recorded_sha256(image: &Path) -> Option<String> {
+    std::fs::read_to_string(digest::image_digest_path(&image.display().to_string()))
+        .ok()
+        .and_then(|t| digest::single(&t).ok())
+}
+
 /// What an upgrade source is, for comparing with a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -104,12 +111,7 @@ impl Identity {
         match self {
             Identity::Squashfs { sha256, bytes } => {
                 let same_size = std::fs::metadata(image).is_ok_and(|m| m.len() == *bytes);
-                let recorded = std::fs::read_to_string(digest::image_digest_path(
-                    &image.display().to_string(),
-                ))
-                .ok()
-                .and_then(|t| digest::single(&t).ok());
-                same_size && recorded.as_deref() == Some(sha256.as_str())
+                same_size && recorded_sha256(image).as_deref() == Some(sha256.as_str())
             }
             Identity::Oci { manifest_digest } => {
                 read_source_record(image).is_some_and(|r| r.manifest_digest == *manifest_digest)
@@ -124,11 +126,7 @@ impl Identity {
 /// written from one.
 pub fn keys_held_by(image: &Path) -> Vec<String> {
     let mut keys = Vec::new();
-    if let Some(sha) =
-        std::fs::read_to_string(digest::image_digest_path(&image.display().to_string()))
-            .ok()
-            .and_then(|t| digest::single(&t).ok())
-    {
+    if let Some(sha) = recorded_sha256(image) {
         keys.push(format!("squashfs:sha256:{sha}"));
     }
     if let Some(r) = read_source_record(image) {

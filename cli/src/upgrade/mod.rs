@@ -32,7 +32,7 @@ mod squash;
 mod verify;
 mod write;
 
-pub use identity::{compare, keys_held_by, read_source_record, Comparison};
+pub use identity::{compare, keys_held_by, read_source_record, recorded_sha256, Comparison};
 pub use slot::{check_recovery_writable, recovery, Upgrade};
 pub use source::Source;
 pub use verify::image_version;
