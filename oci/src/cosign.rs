@@ -178,32 +178,13 @@ pub fn verify_layers(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use p256::ecdsa::signature::Signer as _;
-    use p256::ecdsa::SigningKey;
-    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 
-    /// A key pair and a signed layer, as `cosign sign --key` makes them.
-    pub(crate) fn key_pair() -> (SigningKey, String) {
-        let signing = SigningKey::random(&mut rand_core::OsRng);
-        let pem = signing
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        (signing, pem)
-    }
+    use crate::tests::common::signing::{self, key_pair, sign};
 
-    pub(crate) fn payload(digest: &str) -> Vec<u8> {
-        format!(
-            r#"{{"critical":{{"identity":{{"docker-reference":"reg/os"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
-        )
-        .into_bytes()
-    }
-
-    pub(crate) fn sign(key: &SigningKey, payload: &[u8]) -> String {
-        let sig: Signature = key.sign(payload);
-        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+    fn payload(digest: &str) -> Vec<u8> {
+        signing::payload(digest).into_bytes()
     }
 
     const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

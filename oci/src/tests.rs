@@ -15,7 +15,7 @@ use crate::digest::sha256_of;
 use crate::{unpack, write_layout, ImageConfigInput, ImageSource, LayerEntry, LayerSource};
 
 #[path = "../tests/common/mod.rs"]
-mod common;
+pub(crate) mod common;
 
 fn layout(dir: &Path, tag: &str) -> ImageSource {
     ImageSource::Layout {

@@ -35,12 +35,18 @@ pub fn payload(digest: &str) -> String {
     )
 }
 
+/// The base64 DER signature by `key` of `payload`, as the annotation
+/// carries it.
+pub fn sign(key: &SigningKey, payload: &[u8]) -> String {
+    let sig: Signature = key.sign(payload);
+    base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+}
+
 /// Stores a signature by `key` of `payload` under `sha256-HEX.sig` of
 /// `signed` (the digest whose tag it is) in `layout`, replacing an
 /// existing one. `payload` is normally [`payload`] of `signed`.
 pub fn store_signature(layout: &Path, signed: &str, payload: &str, key: &SigningKey) {
-    let sig: Signature = key.sign(payload.as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
+    let sig = sign(key, payload.as_bytes());
     let (payload_digest, payload_size) = put_blob(layout, payload.as_bytes());
     let (config_digest, config_size) = put_blob(layout, b"{}");
     let manifest = serde_json::json!({
