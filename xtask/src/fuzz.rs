@@ -65,7 +65,7 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-pub fn fuzz(seconds: u64, only: Option<String>) -> Result<()> {
+pub fn fuzz(seconds: u64, runs: Option<u64>, only: Option<String>) -> Result<()> {
     ensure_cargo_fuzz()?;
     let dir = workspace_root().join("fuzz");
     let list = cargo_fuzz(&dir)?
@@ -90,7 +90,7 @@ pub fn fuzz(seconds: u64, only: Option<String>) -> Result<()> {
     let bin_dir = dir.join("target/x86_64-unknown-linux-gnu/release");
     let mut outcomes = Vec::new();
     for target in &targets {
-        outcomes.push(run_one(&dir, &bin_dir, target, seconds)?);
+        outcomes.push(run_one(&dir, &bin_dir, target, seconds, runs)?);
     }
 
     println!("| target | seconds | executions | corpus (files) | crashes |");
@@ -113,7 +113,13 @@ pub fn fuzz(seconds: u64, only: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn run_one(dir: &Path, bin_dir: &Path, target: &str, seconds: u64) -> Result<Outcome> {
+fn run_one(
+    dir: &Path,
+    bin_dir: &Path,
+    target: &str,
+    seconds: u64,
+    runs: Option<u64>,
+) -> Result<Outcome> {
     let seeds = dir.join("corpus").join(target);
     let work = dir.join("work/corpus").join(target);
     let artifacts = dir.join("artifacts").join(target);
@@ -148,7 +154,13 @@ fn run_one(dir: &Path, bin_dir: &Path, target: &str, seconds: u64) -> Result<Out
         .arg("-timeout=20")
         .arg("-rss_limit_mb=2048")
         .arg("-max_len=65536");
-    eprintln!("==> fuzzing {target} for {seconds} s: {}", describe(&cmd));
+    if let Some(runs) = runs {
+        cmd.arg(format!("-runs={runs}"));
+    }
+    eprintln!(
+        "==> fuzzing {target} for at most {seconds} s: {}",
+        describe(&cmd)
+    );
     let start = Instant::now();
     let out = cmd
         .stderr(Stdio::piped())
@@ -180,11 +192,17 @@ fn run_one(dir: &Path, bin_dir: &Path, target: &str, seconds: u64) -> Result<Out
             artifacts.join("last-run.log").display()
         );
     }
+    let corpus = files_in(&work).len() + files_in(&seeds).len();
+    // Also said at once: a long run of every target may be cut short.
+    eprintln!(
+        "==> {target}: {execs} executions in {seconds:.0} s, corpus {corpus} files, {} new artifacts",
+        crashes.len()
+    );
     Ok(Outcome {
         target: target.to_string(),
         seconds,
         execs,
-        corpus: files_in(&work).len() + files_in(&seeds).len(),
+        corpus,
         crashes,
     })
 }

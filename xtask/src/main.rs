@@ -76,6 +76,10 @@ enum Cmd {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
+        /// Stop a target after this many executions, if that comes before
+        /// --time (libFuzzer's -runs).
+        #[arg(long)]
+        runs: Option<u64>,
     },
     /// Install the host packages the build needs (apt-get, as root).
     Deps,
@@ -114,7 +118,7 @@ fn main() {
         Cmd::Build { config } => build_all(config).map(|_| ()),
         Cmd::Run { config, fresh } => run_vm(config, fresh),
         Cmd::Test { unit, filter, full } => test(unit, filter, full),
-        Cmd::Fuzz { time, target } => fuzz::fuzz(time, target),
+        Cmd::Fuzz { time, target, runs } => fuzz::fuzz(time, runs, target),
         Cmd::Deps => host::ensure(),
         Cmd::Bench { what } => match what.unwrap_or(BenchWhat::Upgrade) {
             BenchWhat::Upgrade => step("host tools", host::ensure)
