@@ -279,5 +279,6 @@ pub(crate) fn unpack(
         layers: layers.len(),
         bytes: total,
         labels: config.labels(),
+        pulled_from: None,
     })
 }

@@ -207,6 +207,7 @@ pub(crate) fn unpack(
         layers: layers.len(),
         bytes: total,
         labels: config.labels(),
+        pulled_from: None,
     })
 }
 

@@ -21,6 +21,17 @@
 //! login` and `docker login` write (see [`auth`]); without an entry the
 //! pull is anonymous.
 //!
+//! Mirrors, other locations, plain-HTTP and blocked registries come from
+//! registries.conf ([`registries_conf`]): a pull tries the mirrors of the
+//! entry matching the reference, then its location, each with its own
+//! credentials. One that does not serve the image (unreachable, no TLS
+//! where TLS is wanted, no such manifest, credentials refused) is logged
+//! (`log::warn!`) and the next tried; one that serves a manifest that does
+//! not verify stops the pull. Everything after the manifest (config,
+//! layers, cosign signatures) comes from the origin that served it, and
+//! what an image is ([`UnpackedImage::manifest_digest`]) does not depend on
+//! where it came from ([`UnpackedImage::pulled_from`]).
+//!
 //! Registry access is the cargo feature `registry` (on by default). Without
 //! it no HTTP/TLS stack is compiled and a registry source is refused.
 //!
@@ -75,6 +86,7 @@ mod build;
 pub mod cosign;
 mod digest;
 mod layout;
+pub mod registries_conf;
 #[cfg(feature = "registry")]
 mod registry;
 mod source;
@@ -113,6 +125,10 @@ pub struct UnpackedImage {
     pub bytes: u64,
     /// The config's labels.
     pub labels: BTreeMap<String, String>,
+    /// For a registry image, the `REGISTRY/REPOSITORY` that served it: the
+    /// one the reference names, or a mirror or location from
+    /// registries.conf ([`registries_conf`]).
+    pub pulled_from: Option<String>,
 }
 
 /// Unpacks the image from `source` as a flattened root file system into
@@ -179,8 +195,11 @@ pub fn verify_cosign(
             reference,
             plain_http,
         } => {
-            let (digest, layers) = registry::signature_layers(reference, *plain_http)?;
-            let layers = layers.ok_or_else(|| unsigned(&digest, "in its repository"))?;
+            let found = registry::signature_layers(reference, *plain_http)?;
+            let digest = found.digest;
+            let layers = found
+                .layers
+                .ok_or_else(|| unsigned(&digest, &format!("in {}", found.repository)))?;
             let verified = cosign::verify_layers(&layers, keys, &digest)?;
             let pinned = ImageSource::Registry {
                 reference: registry::pinned(reference, &digest)?,
