@@ -105,6 +105,14 @@ Registry credentials come from $REGISTRY_AUTH_FILE, else the first of \
 and ~/.docker/config.json with an entry for the registry (the format podman \
 login and docker login write); without one the pull is anonymous.
 
+Registry mirrors, other locations, registries without TLS (insecure = true) \
+and blocked registries come from registries.conf \
+(containers-registries.conf(5), version 2): $CONTAINERS_REGISTRIES_CONF, else \
+the first that exists of /oem/immuboot/registries.conf, \
+/etc/immuboot/registries.conf and /etc/containers/registries.conf. A mirror that does not serve the image is \
+reported and the next tried; the image's identity is its manifest digest, \
+wherever it came from.
+
 Exit status: 0 when the image was written or was there already (--check: \
 nothing to do), 100 with --check when an upgrade would write a slot, 1 on \
 any other error, 2 on a usage error.")]
@@ -133,7 +141,8 @@ any other error, 2 on a usage error.")]
 The configuration (YAML): source (required: REGISTRY/REPO:TAG, oci:DIR:TAG or \
 a squashfs file), plain_http (false), schedule (a systemd calendar \
 expression for the timer, default daily), reboot (never, now, or HH:MM: the \
-next such time, local; default never), tries (3).
+next such time, local; default never), tries (3). Mirrors come from \
+registries.conf, as for `immuboot upgrade` (see its --help).
 
 Each run first settles what the previous one installed: marked good, done; \
 marked bad (its trial boots failed), remembered as failed, and a later run \
@@ -223,7 +232,9 @@ pub(crate) struct WriteOptions {
     /// takes over again.
     #[arg(long, default_value_t = immuboot_assess::DEFAULT_TRIES)]
     pub(crate) tries: u8,
-    /// Allow a registry reached over plain http (e.g. one on localhost).
+    /// Allow the registry SOURCE names to be reached over plain http (e.g.
+    /// one on localhost); mirrors from registries.conf need insecure = true
+    /// there instead.
     #[arg(long)]
     plain_http: bool,
     /// minisign signature of a squashfs SOURCE (default: SOURCE.minisig).
@@ -286,6 +297,7 @@ impl WriteOptions {
 
 fn main() {
     let cli = Cli::parse();
+    out::install_logger();
     if let Err(e) = run(cli) {
         errln!("immuboot: error: {e:#}");
         std::process::exit(1);

@@ -1032,3 +1032,113 @@ fn oci_images_need_a_cosign_signature_by_a_trusted_key() {
     );
     assert!(status(&sb).contains("slot b:       on trial, 3 tries left  (image version 7)"));
 }
+
+#[path = "../../oci/tests/common/registry.rs"]
+mod registry;
+
+/// An image named after a registry that does not exist, served by the
+/// mirror registries.conf names (the first mirror is down): written, its
+/// identity the same as when pulled directly, where it came from recorded;
+/// a blocked registry is refused before anything changes.
+#[test]
+fn a_registry_image_through_a_mirror_is_the_same_image_as_pulled_directly() {
+    use immuboot_oci::LayerSource;
+    use registry::{need, skopeo, start_registry, REGISTRY, SKOPEO};
+    need(REGISTRY, "docker-registry");
+    need(SKOPEO, "skopeo");
+    let mut sb = Sandbox::new("up-mirror", Some("a"));
+    installed(&sb);
+    let storage = sb.dir.join("registry");
+    std::fs::create_dir_all(&storage).unwrap();
+    let mirror = start_registry(&storage, None);
+    let layout = sb.dir.join("layout");
+    let digest = immuboot_oci::write_layout(
+        &layout,
+        "stable",
+        &[LayerSource::Dir(rootfs(&sb.dir, "6"))],
+        Default::default(),
+    )
+    .unwrap();
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+        &format!("oci:{}:stable", layout.display()),
+        &format!("docker://{}/os:stable", mirror.addr),
+    ]);
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let conf = sb.dir.join("registries.conf");
+    let configure = |blocked: bool| {
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nprefix = \"fleet.invalid:5000\"\nblocked = {blocked}\n\
+                 [[registry.mirror]]\nlocation = \"{down}\"\ninsecure = true\n\
+                 [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+                mirror.addr
+            ),
+        )
+        .unwrap();
+    };
+    configure(false);
+    sb.vars
+        .push(("CONTAINERS_REGISTRIES_CONF".into(), conf.clone()));
+    let work = sb.dir.join("work");
+    let work = work.to_str().unwrap();
+    let spec = "fleet.invalid:5000/os:stable";
+
+    let (code, out) = sb.run_code(&["upgrade", spec, "--work-dir", work, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    // The mirror that is down is said on stderr; stdout stays JSON lines.
+    assert!(
+        out.contains(&format!(
+            "immuboot: warning: {spec}: mirror {down}/os does not serve it"
+        )),
+        "{out}"
+    );
+    let result: serde_json::Value = serde_json::from_str(
+        out.lines()
+            .rfind(|l| l.starts_with("{\"event\":\"done\""))
+            .unwrap(),
+    )
+    .unwrap();
+    let pulled_from = format!("{}/os", mirror.addr);
+    assert_eq!(result["result"][0]["manifest_digest"], digest.as_str());
+    assert_eq!(result["result"][0]["pulled_from"], pulled_from.as_str());
+    let st: serde_json::Value = serde_json::from_str(&sb.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["slots"]["b"]["source"]["source"], spec, "{st}");
+    assert_eq!(
+        st["slots"]["b"]["source"]["manifest_digest"],
+        digest.as_str()
+    );
+    assert_eq!(st["last_upgrade"]["source"], spec, "{st}");
+    assert_eq!(st["last_upgrade"]["pulled_from"], pulled_from.as_str());
+
+    // Through the mirror or from the registry directly: the same image.
+    let env = std::fs::read(sb.env()).unwrap();
+    let (code, out) = sb.run_code(&["upgrade", "--check", spec]);
+    assert_eq!(code, Some(0), "{out}");
+    let direct = format!("{}/os:stable", mirror.addr);
+    let (code, out) = sb.run_code(&["upgrade", "--check", &direct, "--plain-http"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("already holds") && out.contains(&digest),
+        "{out}"
+    );
+
+    // Blocked: refused, naming the file; nothing changed.
+    configure(true);
+    let files = slot_files(&sb, "b");
+    let (code, out) = sb.run_code(&["upgrade", spec, "--work-dir", work, "--force"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("is blocked") && out.contains(&conf.display().to_string()),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(sb.env()).unwrap(), env);
+    assert_eq!(slot_files(&sb, "b"), files);
+}

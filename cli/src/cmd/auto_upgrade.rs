@@ -153,7 +153,8 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
     });
     let value = match &installed {
         Ok(i) => json!({"at": now(), "source": cfg.source, "result": "written", "target": i.target,
-            "sha256": i.sha256, "manifest_digest": i.manifest_digest, "unattended": true}),
+            "sha256": i.sha256, "manifest_digest": i.manifest_digest, "pulled_from": i.pulled_from,
+            "unattended": true}),
         Err(e) => {
             json!({"at": now(), "source": cfg.source, "result": "failed", "error": format!("{e:#}"), "unattended": true})
         }

@@ -90,6 +90,7 @@ pub fn run(
             Ok(Some(i)) => serde_json::json!({
                 "at": now(), "source": source, "result": "written", "target": i.target,
                 "sha256": i.sha256, "manifest_digest": i.manifest_digest,
+                "pulled_from": i.pulled_from,
             }),
             Ok(None) => serde_json::json!({"at": now(), "source": source, "result": "unchanged"}),
             Err(e) => {

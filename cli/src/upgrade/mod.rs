@@ -80,6 +80,9 @@ pub struct Installed {
     /// For an OCI source: the manifest digest of what was unpacked
     /// (recorded beside the image, see [`identity`]).
     pub manifest_digest: Option<String>,
+    /// For a registry image: the `REGISTRY/REPOSITORY` that served it, the
+    /// one the source names or a mirror from registries.conf.
+    pub pulled_from: Option<String>,
     pub seconds: f64,
 }
 

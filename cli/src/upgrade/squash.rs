@@ -71,17 +71,26 @@ pub(super) fn squash_dir(
     Ok(())
 }
 
-/// Unpacks an OCI image into `dest`; returns its manifest digest and, with
-/// `cosign` keys, which one signed it. With keys, the signature is verified
-/// first (nothing is downloaded or unpacked for an image that is not
-/// signed) and what is unpacked is the verified manifest.
+/// What [`unpack_oci`] unpacked.
+pub(super) struct UnpackedOci {
+    pub(super) manifest_digest: String,
+    /// With cosign keys: which one signed it.
+    pub(super) signed_by: Option<String>,
+    /// For a registry image: the `REGISTRY/REPOSITORY` that served it (a
+    /// mirror's, when registries.conf sent the pull there).
+    pub(super) pulled_from: Option<String>,
+}
+
+/// Unpacks an OCI image into `dest`. With `cosign` keys, the signature is
+/// verified first (nothing is downloaded or unpacked for an image that is
+/// not signed) and what is unpacked is the verified manifest.
 pub(super) fn unpack_oci(
     spec: &str,
     plain_http: bool,
     cosign: &[immuboot_oci::cosign::CosignKey],
     dest: &Path,
     rep: &mut Reporter,
-) -> Result<(String, Option<String>)> {
+) -> Result<UnpackedOci> {
     let source = immuboot_oci::ImageSource::parse(spec, plain_http)?;
     let (source, verified) = if cosign.is_empty() {
         (source, None)
@@ -105,8 +114,13 @@ pub(super) fn unpack_oci(
         rep.bytes(p.done);
     })?;
     rep.step(&format!(
-        "image {} ({} layers) unpacked",
-        info.manifest_digest, info.layers
+        "image {} ({} layers) unpacked{}",
+        info.manifest_digest,
+        info.layers,
+        info.pulled_from
+            .as_ref()
+            .map(|r| format!(", pulled from {r}"))
+            .unwrap_or_default()
     ));
     if let Some(v) = &verified {
         if info.manifest_digest != v.manifest_digest {
@@ -118,8 +132,9 @@ pub(super) fn unpack_oci(
             );
         }
     }
-    Ok((
-        info.manifest_digest,
-        verified.map(|v| format!("cosign key {}", v.key)),
-    ))
+    Ok(UnpackedOci {
+        manifest_digest: info.manifest_digest,
+        signed_by: verified.map(|v| format!("cosign key {}", v.key)),
+        pulled_from: info.pulled_from,
+    })
 }

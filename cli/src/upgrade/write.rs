@@ -79,6 +79,7 @@ pub struct Prepared {
     signed_by: Option<String>,
     boot: Vec<digest::Entry>,
     source: Option<SourceRecord>,
+    pulled_from: Option<String>,
     started: Instant,
 }
 
@@ -111,6 +112,7 @@ pub fn prepare_image(
 
     let result = (|| -> Result<Prepared> {
         let mut source = None;
+        let mut pulled_from = None;
         let streamed = match &req.source {
             Source::Squashfs(src) => Some(copy_squashfs(src, &tmp, dir, rep)?),
             Source::Directory(root) => {
@@ -133,11 +135,14 @@ pub fn prepare_image(
                     Ok(got)
                 });
                 let _ = std::fs::remove_dir_all(&unpack);
-                let (manifest_digest, signer) = r?;
-                cosign_signer = signer;
+                let unpacked = r?;
+                cosign_signer = unpacked.signed_by;
+                pulled_from = unpacked.pulled_from;
+                // The source as given, not where it was pulled from: the
+                // identity is the same via a mirror or directly.
                 source = Some(SourceRecord {
                     source: spec.clone(),
-                    manifest_digest,
+                    manifest_digest: unpacked.manifest_digest,
                 });
                 None
             }
@@ -173,6 +178,7 @@ pub fn prepare_image(
             signed_by,
             boot,
             source,
+            pulled_from,
             started,
         })
     })();
@@ -251,6 +257,7 @@ impl Renamed {
             bytes: p.bytes,
             signed_by: p.signed_by.clone(),
             manifest_digest: p.source.as_ref().map(|s| s.manifest_digest.clone()),
+            pulled_from: p.pulled_from.clone(),
             seconds: p.started.elapsed().as_secs_f64(),
         })
     }

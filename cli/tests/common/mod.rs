@@ -9,6 +9,8 @@ use std::process::Command;
 
 pub struct Sandbox {
     pub dir: PathBuf,
+    /// Environment variables of the commands run (a registries.conf).
+    pub vars: Vec<(String, PathBuf)>,
 }
 
 impl Sandbox {
@@ -17,7 +19,10 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("state/grub")).unwrap();
         std::fs::create_dir_all(dir.join("facts")).unwrap();
-        let sb = Sandbox { dir };
+        let sb = Sandbox {
+            dir,
+            vars: Vec::new(),
+        };
         sb.write_facts(&Sandbox::facts(booted_slot));
         sb
     }
@@ -78,6 +83,7 @@ impl Sandbox {
             .arg("--facts-dir")
             .arg(self.dir.join("facts"))
             .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
