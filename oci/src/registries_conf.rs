@@ -16,7 +16,8 @@
 //! What is understood:
 //! - `[[registry]]` tables: `prefix` (`HOST[:PORT]`, `HOST[:PORT]/PATH`, or
 //!   `*.DOMAIN` for every subdomain), `location` (where images under the
-//!   prefix really are; default: the prefix), `insecure` (plain HTTP to the
+//!   prefix really are; default, or `""`: the prefix, for a wildcard the
+//!   reference's own host), `insecure` (plain HTTP to the
 //!   location), `blocked` (refuse every pull under the prefix, mirrors
 //!   included), `mirror-by-digest-only` (mirrors only for references by
 //!   digest);
@@ -596,7 +597,10 @@ fn version_1(
 }
 
 /// Checks one `[[registry]]` table and its mirrors.
-fn entry(table: RegistryTable, loc: &Locator) -> Result<Registry> {
+fn entry(mut table: RegistryTable, loc: &Locator) -> Result<Registry> {
+    // `location = ""` is how containers' examples leave a wildcard's
+    // location unset.
+    table.location = table.location.filter(|l| !l.get_ref().is_empty());
     let Some(first) = table.prefix.as_ref().or(table.location.as_ref()) else {
         bail!(
             "{}: a [[registry]] table has neither a prefix nor a location; hint: add prefix = \

@@ -91,6 +91,7 @@ location = "wild.mirror.test"
 
 [[registry]]
 prefix = "*.fleet.example.com"
+location = ""
 [[registry.mirror]]
 location = "fleet-wild.mirror.test"
 
@@ -139,7 +140,7 @@ location = "internal.example.net/fleet-copy"
         tries(&c, "elsewhere.test/os:1"),
         ["direct elsewhere.test/os:1"]
     );
-    assert_eq!(c.find("reg.example.com/fleet/os").unwrap().line, 20);
+    assert_eq!(c.find("reg.example.com/fleet/os").unwrap().line, 21);
 }
 
 #[test]
