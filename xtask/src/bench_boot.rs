@@ -15,7 +15,12 @@
 //!   init's essential work (image/bench/busybox-init.sh) on the demo disk;
 //! - `Debian dracut` and `Debian initramfs-tools`: the distribution's own
 //!   initramfs, without immuboot, booting a plain ext4 copy of the same
-//!   root file system read-write, as users run Debian today.
+//!   root file system read-write, as users run Debian today;
+//! - `Debian dracut, squashfs root`: that dracut initramfs booting the slot
+//!   image itself as a read-only block device (as scenario 24): the same
+//!   root, so its initramfs phase against `immuboot dracut` is what the
+//!   module adds. It is timed until the root's systemd starts, not to a
+//!   login prompt (a bare read-only root is no system to log in to).
 
 use crate::config::{Config, InitramfsKind, Suite};
 use crate::initramfs;
@@ -49,6 +54,14 @@ enum Boot {
     /// `kernel` + `initrd` started by QEMU on the plain ext4 root.
     DirectOnPlainRoot {
         root: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+    /// `kernel` + `initrd` started by QEMU on a squashfs image as a
+    /// read-only disk; the boot is timed until the root's systemd starts.
+    DirectOnImage {
+        image: PathBuf,
         kernel: PathBuf,
         initrd: PathBuf,
         append: String,
@@ -274,6 +287,18 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             immuboot: false,
         },
         Variant {
+            name: "Debian dracut, squashfs root",
+            boot: Boot::DirectOnImage {
+                image: dracut.out_dir().join("images/a.img"),
+                kernel: inputs.kernel.clone(),
+                initrd: dracut.out_dir().join("dracut-plain.img"),
+                append: format!("root=/dev/vda rootfstype=squashfs ro {CONSOLE}"),
+            },
+            initramfs: dracut.out_dir().join("dracut-plain.img"),
+            handover: None,
+            immuboot: false,
+        },
+        Variant {
             name: "Debian initramfs-tools",
             boot: Boot::DirectOnPlainRoot {
                 root: inputs.plain_root.clone(),
@@ -313,6 +338,12 @@ fn boot_once(v: &Variant, round: usize) -> Result<Sample> {
             initrd,
             append,
         } => boot_plain_root(&name, root, kernel, initrd, append)?,
+        Boot::DirectOnImage {
+            image,
+            kernel,
+            initrd,
+            append,
+        } => return boot_image_root(&name, image, kernel, initrd, append),
     };
     let at_login = vm.expect(r"login: ", Duration::from_secs(600));
     let console = vm.timed_console();
@@ -363,6 +394,53 @@ fn boot_plain_root(
         append.into(),
     ]);
     Vm::start(&args, &dir.join("boot1.log"))
+}
+
+/// A boot of `image` as a read-only root disk, until the root's systemd
+/// starts (the initrd's systemd prints the same line first).
+fn boot_image_root(
+    name: &str,
+    image: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+) -> Result<Sample> {
+    let dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let vars = dir.join("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
+    let mut args = qemu_args(image, "raw", &vars, false);
+    for a in args.iter_mut() {
+        if a.starts_with(&format!("file={}", image.display())) {
+            a.push_str(",readonly=on");
+        }
+    }
+    args.extend([
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        append.into(),
+    ]);
+    let mut vm = Vm::start(&args, &dir.join("boot1.log"))?;
+    let banner = r"systemd\[1\]: systemd [^\n]*running in system mode";
+    for _ in 0..2 {
+        vm.expect(banner, Duration::from_secs(600))
+            .with_context(|| format!("no systemd in the root; console log {}", vm.log.display()))?;
+    }
+    let phases = boot_phases(&vm.timed_console(), None);
+    let log = vm.log.clone();
+    vm.power_cut()?;
+    Ok(Sample {
+        phases,
+        steps: Vec::new(),
+        peak_rss_kib: None,
+        log,
+    })
 }
 
 /// The init's steps and peak memory, from the boot facts of the running
@@ -497,6 +575,23 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
                 ratio("power_on_to_login_s")
             );
         }
+    }
+    if let (Some(with), Some(without)) = (
+        find("immuboot dracut"),
+        find("Debian dracut, squashfs root"),
+    ) {
+        let added = |key: &str| match (with.phases[key], without.phases[key]) {
+            (Some(a), Some(b)) => format!("{:+.2} s", a - b),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "\nWhat the immuboot module adds to the distribution's dracut initramfs \
+             (immuboot dracut − Debian dracut, squashfs root): initramfs phase {}, \
+             compressed size {:+.2} MB (target: at most +0.5 s and +3 MB).",
+            added("initramfs_s"),
+            (with.initramfs_bytes as f64 - without.initramfs_bytes as f64) / 1e6
+        );
     }
     for s in all.iter().filter(|s| !s.steps_ms.is_empty()) {
         let _ = writeln!(md, "\nSteps of the init, {} (median ms):\n", s.variant);
