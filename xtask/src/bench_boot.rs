@@ -16,7 +16,7 @@
 //! - `Debian dracut` and `Debian initramfs-tools`: the distribution's own
 //!   initramfs, without immuboot, booting a plain ext4 copy of the same
 //!   root file system read-write, as users run Debian today;
-//! - `Debian dracut, squashfs root`: that dracut initramfs booting the slot
+//! - `Debian dracut (squashfs root)`: that dracut initramfs booting the slot
 //!   image itself as a read-only block device (as scenario 24): the same
 //!   root, so its initramfs phase against `immuboot dracut` is what the
 //!   module adds. It is timed until the root's systemd starts, not to a
@@ -155,10 +155,21 @@ pub fn bench_boot(
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     // Alternating, so a slow stretch of the host spreads over all variants.
+    // A boot that fails is reported and leaves its variant a sample short;
+    // the others go on (a run takes half an hour).
+    let mut failures = Vec::new();
     for round in 1..=boots {
         for (v, out) in variants.iter().zip(samples.iter_mut()) {
             eprintln!("    boot {round}/{boots}: {}", v.name);
-            let s = boot_once(v, round).with_context(|| format!("boot {round} of {}", v.name))?;
+            let s = match boot_once(v, round) {
+                Ok(s) => s,
+                Err(e) => {
+                    let failure = format!("boot {round} of {}: {e:#}", v.name);
+                    eprintln!("      failed: {failure}");
+                    failures.push(failure);
+                    continue;
+                }
+            };
             eprintln!(
                 "      initramfs {}, power-on → login {}",
                 secs(s.phases.initramfs_s),
@@ -189,6 +200,9 @@ pub fn bench_boot(
         "    written: {} and bench-boot.json",
         dir.join("bench-boot.md").display()
     );
+    if !failures.is_empty() {
+        bail!("{} boots failed:\n{}", failures.len(), failures.join("\n"));
+    }
     Ok(())
 }
 
@@ -287,7 +301,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             immuboot: false,
         },
         Variant {
-            name: "Debian dracut, squashfs root",
+            name: "Debian dracut (squashfs root)",
             boot: Boot::DirectOnImage {
                 image: dracut.out_dir().join("images/a.img"),
                 kernel: inputs.kernel.clone(),
@@ -323,7 +337,13 @@ fn config_arg(c: &Config) -> String {
 }
 
 fn boot_once(v: &Variant, round: usize) -> Result<Sample> {
-    let name = format!("bench-{}-{round}", v.name.replace(' ', "-"));
+    // A file name QEMU's option syntax takes as it is (a comma would split it).
+    let slug: String = v
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = format!("bench-{slug}-{round}");
     let mut vm = match &v.boot {
         Boot::Disk { config } => Machine::new_in(&name, config)?.boot()?,
         Boot::DirectOnDisk {
@@ -578,7 +598,7 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
     }
     if let (Some(with), Some(without)) = (
         find("immuboot dracut"),
-        find("Debian dracut, squashfs root"),
+        find("Debian dracut (squashfs root)"),
     ) {
         let added = |key: &str| match (with.phases[key], without.phases[key]) {
             (Some(a), Some(b)) => format!("{:+.2} s", a - b),
@@ -587,7 +607,7 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
         let _ = writeln!(
             md,
             "\nWhat the immuboot module adds to the distribution's dracut initramfs \
-             (immuboot dracut − Debian dracut, squashfs root): initramfs phase {}, \
+             (immuboot dracut − Debian dracut (squashfs root)): initramfs phase {}, \
              compressed size {:+.2} MB (target: at most +0.5 s and +3 MB).",
             added("initramfs_s"),
             (with.initramfs_bytes as f64 - without.initramfs_bytes as f64) / 1e6
