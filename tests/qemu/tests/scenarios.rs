@@ -1075,12 +1075,19 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
         );
     }
 
-    // The configuration on COS_OEM follows the registry's `stable` tag; the
-    // generator enables the timer with its schedule (daemon-reload runs
-    // the generators again, as a boot does).
-    let reference = format!("10.0.2.2:{}/immuboot/os:stable", registry.port);
+    // The configuration on COS_OEM follows the fleet registry's `stable`
+    // tag; the fleet's registry is out of reach (a name that never
+    // resolves), and registries.conf on COS_OEM sends its pulls to a local
+    // plain-HTTP mirror, the test registry. The generator enables the timer
+    // with its schedule (daemon-reload runs the generators again, as a
+    // boot does).
+    let reference = "fleet.example.invalid/immuboot/os:stable";
+    let mirror = format!("10.0.2.2:{}", registry.port);
     vm.run_ok(&format!(
-        "mkdir -p /oem/immuboot && printf 'source: {reference}\\nplain_http: true\\n\
+        "mkdir -p /oem/immuboot && printf '[[registry]]\\nprefix = \"fleet.example.invalid\"\\n\
+         [[registry.mirror]]\\nlocation = \"{mirror}\"\\ninsecure = true\\n' \
+         > /oem/immuboot/registries.conf \
+         && printf 'source: {reference}\\n\
          schedule: \"*-*-* 04:00\"\\nreboot: now\\ntries: 1\\n' > /oem/immuboot/upgrade.yaml \
          && systemctl daemon-reload"
     ))?;
@@ -1107,19 +1114,23 @@ fn s17_upgrades_from_a_directory_then_unattended_from_a_registry_tag() -> Result
             && status.contains("slot b:       good  (image version 4)"),
         "{status}"
     );
+    // The mirror served it; the image is known by the fleet's name.
+    let last = vm.run_ok("immuboot status --json | sed -n '/\"last_upgrade\"/,/}/p'")?;
+    ensure!(
+        last.contains(&format!("{mirror}/immuboot/os")) && last.contains(reference),
+        "last_upgrade: {last}"
+    );
     // The same image again (a controller retrying): the booted slot holds
     // that manifest; only the manifest is fetched, nothing is written.
     start_network(&mut vm)?;
-    let (rc, out) = vm.run(&format!(
-        "immuboot upgrade --check --plain-http {reference} 2>&1"
-    ))?;
+    let (rc, out) = vm.run(&format!("immuboot upgrade --check {reference} 2>&1"))?;
     ensure!(
         rc == 0 && out.contains("slot a (booted) already holds"),
         "--check: exit {rc}: {out}"
     );
     // The command the Kubernetes Plan runs (README), run again after the
     // reboot it caused: nothing written, no reboot, exit 0.
-    let out = upgrade(&mut vm, &format!("--plain-http {reference} --reboot"))?;
+    let out = upgrade(&mut vm, &format!("{reference} --reboot"))?;
     ensure!(out.contains("slot a (booted) already holds"), "{out}");
     ensure!(vm.run_ok("echo still-up")?.contains("still-up"));
 
