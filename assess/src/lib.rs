@@ -927,6 +927,42 @@ mod tests {
         assert_eq!((s.b, s.b_unfinished), (Health::Trial { tries: 1 }, 0));
     }
 
+    /// Every change GRUB saves goes through `immuboot_save`, which writes
+    /// the copy GRUB read and the backup after it when that was the
+    /// primary: the copies stay equal and the init has nothing to repair.
+    #[test]
+    fn grub_cfg_saves_every_change_to_both_copies() {
+        let cfg = include_str!("../../image/grub/grub.cfg");
+        let body: Vec<&str> = cfg
+            .split("function immuboot_save {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}").next())
+            .expect("grub.cfg defines immuboot_save")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            body,
+            [
+                "save_env -f ${env_file} $1",
+                "if [ -n \"${env_backup}\" ]; then",
+                "save_env -f ${env_backup} $1",
+                "fi"
+            ]
+        );
+        assert_eq!(
+            cfg.matches("save_env").count(),
+            2,
+            "a save_env outside immuboot_save"
+        );
+        // The backup is written only when GRUB read the primary.
+        assert!(cfg.contains("set env_file=($root)/grub/grubenv.bak\n  set env_backup=\n"));
+        assert!(
+            cfg.contains("export active_slot passive_slot immuboot_cmdline env_file env_backup")
+        );
+    }
+
     /// grub.cfg writes the limit out in if-chains (GRUB has no arithmetic):
     /// the values that stop a good slot and the counting steps must match
     /// the Rust side.
@@ -962,7 +998,7 @@ mod tests {
                     .any(|l| l.starts_with("set immuboot_vars=") && l.contains(v)),
                 "{v} is not loaded by grub.cfg"
             );
-            assert!(cfg.contains(&format!("save_env -f ${{env_file}} {v}")));
+            assert!(cfg.contains(&format!("immuboot_save {v}")));
         }
     }
 
