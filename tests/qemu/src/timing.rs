@@ -110,7 +110,15 @@ pub fn boot_phases(console: &TimedConsole, handover: Option<&str>) -> BootPhases
     let systemd_ts = systemd.and_then(|o| kernel_timestamp(console.line_at(o)));
     p.initramfs_s = diff(run_init_ts, systemd_ts);
     if let Some(h) = handover.and_then(|h| console.first_from(run_init, h)) {
-        p.init_own_s = diff(run_init_ts, kernel_timestamp(console.line_at(h)));
+        // The standalone init says it hands over after /dev moved to the new
+        // root, so that line reaches the console without going through
+        // /dev/kmsg and has no kernel time: the last line before it that
+        // has one (the step before, milliseconds earlier) stands in.
+        let handed_over = text[run_init..=h]
+            .lines()
+            .filter_map(kernel_timestamp)
+            .last();
+        p.init_own_s = diff(run_init_ts, handed_over);
     }
     if let Some(l) = login.filter(|&l| systemd.is_some_and(|s| s < l)) {
         p.systemd_to_login_s = diff(systemd.and_then(at), at(l));
@@ -178,6 +186,31 @@ mod tests {
         assert!((p.init_own_s.unwrap() - 1.2).abs() < 1e-9);
         assert_eq!(p.systemd_to_login_s, Some(16.0));
         assert_eq!(p.power_on_to_login_s, Some(30.0));
+    }
+
+    /// As the standalone init prints it: the hand-over line comes after
+    /// /dev moved away, so it has no kernel time of its own.
+    #[test]
+    fn a_hand_over_line_without_kernel_time_takes_the_line_before() {
+        let c = console(&[
+            (9.0, "[    0.000000] Linux version 6.1.0 (gcc)"),
+            (12.0, "[    3.000000] Run /init as init process"),
+            (
+                12.9,
+                "[    4.150000] immuboot: step 'write boot facts' done in 15 ms",
+            ),
+            (
+                13.0,
+                "immuboot: switching root to /sysroot, starting /sbin/init",
+            ),
+            (
+                14.0,
+                "[    5.000000] systemd[1]: systemd 252 running in system mode (+PAM)",
+            ),
+        ]);
+        let p = boot_phases(&c, Some("immuboot: switching root"));
+        assert!((p.init_own_s.unwrap() - 1.15).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.initramfs_s, Some(2.0));
     }
 
     #[test]
