@@ -392,49 +392,42 @@ fn boot_plain_root(
     initrd: &Path,
     append: &str,
 ) -> Result<Vm> {
-    let dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(name);
-    if dir.exists() {
-        fs::remove_dir_all(&dir)?;
-    }
-    fs::create_dir_all(&dir)?;
+    let dir = fresh_vm_dir(name)?;
     let overlay = dir.join("root.qcow2");
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(root)
         .arg(&overlay))?;
-    let vars = dir.join("OVMF_VARS.fd");
-    fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
-    let mut args = qemu_args(&overlay, "qcow2", &vars, false);
-    args.extend([
-        "-kernel".into(),
-        kernel.display().to_string(),
-        "-initrd".into(),
-        initrd.display().to_string(),
-        "-append".into(),
-        append.into(),
-    ]);
+    let args = direct_boot_args(&dir, (&overlay, "qcow2", false), kernel, initrd, append)?;
     Vm::start(&args, &dir.join("boot1.log"))
 }
 
-/// A boot of `image` as a read-only root disk, until the root's systemd
-/// starts (the initrd's systemd prints the same line first).
-fn boot_image_root(
-    name: &str,
-    image: &Path,
-    kernel: &Path,
-    initrd: &Path,
-    append: &str,
-) -> Result<Sample> {
+/// An empty directory for the VM `name`.
+fn fresh_vm_dir(name: &str) -> Result<PathBuf> {
     let dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
     fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The scenarios' VM (firmware variables of its own in `dir`) on `disk`
+/// (of `format`; `read_only` for an image that must stay as it is), with
+/// `kernel` and `initrd` started by QEMU.
+fn direct_boot_args(
+    dir: &Path,
+    (disk, format, read_only): (&Path, &str, bool),
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+) -> Result<Vec<String>> {
     let vars = dir.join("OVMF_VARS.fd");
     fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
-    let mut args = qemu_args(image, "raw", &vars, false);
-    for a in args.iter_mut() {
-        if a.starts_with(&format!("file={}", image.display())) {
+    let mut args = qemu_args(disk, format, &vars, false);
+    if read_only {
+        let drive = format!("file={}", disk.display());
+        for a in args.iter_mut().filter(|a| a.starts_with(&drive)) {
             a.push_str(",readonly=on");
         }
     }
@@ -446,6 +439,20 @@ fn boot_image_root(
         "-append".into(),
         append.into(),
     ]);
+    Ok(args)
+}
+
+/// A boot of `image` as a read-only root disk, until the root's systemd
+/// starts (the initrd's systemd prints the same line first).
+fn boot_image_root(
+    name: &str,
+    image: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+) -> Result<Sample> {
+    let dir = fresh_vm_dir(name)?;
+    let args = direct_boot_args(&dir, (image, "raw", true), kernel, initrd, append)?;
     let mut vm = Vm::start(&args, &dir.join("boot1.log"))?;
     let banner = r"systemd\[1\]: systemd [^\n]*running in system mode";
     for _ in 0..2 {

@@ -114,10 +114,7 @@ pub fn boot_phases(console: &TimedConsole, handover: Option<&str>) -> BootPhases
         // root, so that line reaches the console without going through
         // /dev/kmsg and has no kernel time: the last line before it that
         // has one (the step before, milliseconds earlier) stands in.
-        let handed_over = text[run_init..=h]
-            .lines()
-            .filter_map(kernel_timestamp)
-            .last();
+        let handed_over = text[run_init..=h].lines().rev().find_map(kernel_timestamp);
         p.init_own_s = diff(run_init_ts, handed_over);
     }
     if let Some(l) = login.filter(|&l| systemd.is_some_and(|s| s < l)) {
