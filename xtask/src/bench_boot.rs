@@ -27,8 +27,8 @@ use crate::initramfs;
 use crate::rootfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
-use immuboot_qemu_tests::timing::{boot_phases, median, BootPhases};
-use immuboot_qemu_tests::{qemu_args, Machine, Vm, OVMF_VARS};
+use immuboot_qemu_tests::timing::{boot_phases, getty_guest_phases, median, BootPhases};
+use immuboot_qemu_tests::{qemu_args, Machine, Vm, ICOUNT_ENV, OVMF_VARS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -122,6 +122,14 @@ const PHASES: &[(&str, &str)] = &[
     ("init_own_s", "  of which the init's own part (→ hand-over)"),
     ("systemd_to_login_s", "systemd until the login prompt"),
     ("power_on_to_login_s", "power-on → login prompt"),
+    (
+        "systemd_to_getty_guest_s",
+        "systemd → serial getty started (guest clock)",
+    ),
+    (
+        "kernel_to_getty_guest_s",
+        "kernel start → serial getty started (guest clock)",
+    ),
 ];
 
 fn phase(p: &BootPhases, key: &str) -> Option<f64> {
@@ -134,6 +142,8 @@ fn phase(p: &BootPhases, key: &str) -> Option<f64> {
         "init_own_s" => p.init_own_s,
         "systemd_to_login_s" => p.systemd_to_login_s,
         "power_on_to_login_s" => p.power_on_to_login_s,
+        "systemd_to_getty_guest_s" => p.systemd_to_getty_guest_s,
+        "kernel_to_getty_guest_s" => p.kernel_to_getty_guest_s,
         _ => None,
     }
 }
@@ -368,7 +378,13 @@ fn boot_once(v: &Variant, round: usize) -> Result<Sample> {
     let at_login = vm.expect(r"login: ", Duration::from_secs(600));
     let console = vm.timed_console();
     at_login.with_context(|| format!("no login prompt; console log {}", vm.log.display()))?;
-    let phases = boot_phases(&console, v.handover);
+    let mut phases = boot_phases(&console, v.handover);
+    vm.log_in_at_prompt()?;
+    let show = vm.run_ok(
+        "systemctl show -p UserspaceTimestampMonotonic; \
+         systemctl show -p ActiveEnterTimestampMonotonic serial-getty@ttyS0.service",
+    )?;
+    getty_guest_phases(&show, &mut phases);
     let (steps, peak_rss_kib) = if v.immuboot {
         init_facts(&mut vm)?
     } else {
@@ -471,9 +487,8 @@ fn boot_image_root(
 }
 
 /// The init's steps and peak memory, from the boot facts of the running
-/// guest.
+/// guest (logged in).
 fn init_facts(vm: &mut Vm) -> Result<(Steps, Option<u64>)> {
-    vm.log_in_at_prompt()?;
     let text = vm.run_ok("cat /run/immuboot/boot.json")?;
     let facts: serde_json::Value =
         serde_json::from_str(&text).context("the boot facts are not JSON")?;
@@ -548,6 +563,15 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
         "Boot benchmark, Debian {}: q35, OVMF, TCG, 1 vCPU, one VM at a time, median of {boots} boots.\n",
         suite.name()
     );
+    if let Ok(shift) = std::env::var(ICOUNT_ENV) {
+        let _ = writeln!(
+            md,
+            "Guest CPU on QEMU's instruction counter (`-icount shift={shift}`, `--icount`): the \
+             kernel-clock and guest-clock rows count guest work and compare across boots and \
+             hosts; the host-clock rows (firmware, GRUB, to the login prompt) are real time \
+             of a VM slowed by the counting.\n"
+        );
+    }
     let _ = write!(md, "| phase |");
     for s in all {
         let _ = write!(md, " {} |", s.variant);
@@ -585,9 +609,9 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
         let _ = writeln!(md, "\nRatios against {what} (time, variant / {against}):\n");
         let _ = writeln!(
             md,
-            "| variant | initramfs phase | init's own part | power-on → login |"
+            "| variant | initramfs phase | init's own part | power-on → login | kernel → getty (guest clock) |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
         for s in all.iter().filter(|s| s.variant != against) {
             let ratio = |key: &str| match (s.phases[key], base.phases[key]) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -595,11 +619,12 @@ fn markdown(suite: Suite, all: &[Summary]) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 s.variant,
                 ratio("initramfs_s"),
                 ratio("init_own_s"),
-                ratio("power_on_to_login_s")
+                ratio("power_on_to_login_s"),
+                ratio("kernel_to_getty_guest_s")
             );
         }
     }

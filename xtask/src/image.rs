@@ -56,6 +56,28 @@ const MASKED_UNITS: &[&str] = &[
     // TCG its job ran 19 s while udev loaded modules, holding getty.target
     // and with it multi-user.target and the boot assessment.
     "getty-static.service",
+    // Applies fstab's options to / and /usr by remounting them. The init
+    // mounted every entry of the fstab it writes with its final options;
+    // there is nothing to remount, and the service sat on the way to the
+    // login prompt (1.6 s under TCG, before sysusers and udev).
+    "systemd-remount-fs.service",
+];
+
+/// Generators that have nothing to do on an image-based system, each an
+/// exec of a program linked to libsystemd-shared before systemd can start
+/// a unit (on one vCPU under TCG that CPU time is the boot's): mounting
+/// partitions by GPT type (immuboot finds its partitions by label, on its
+/// own disk; gpt-auto would mount a look-alike's), resume from hibernation
+/// (no swap), SysV init scripts and rc.local (none in an image), offline
+/// package updates (an image is updated by writing a slot). Masked as
+/// systemd.generator(7) documents: a link to /dev/null in
+/// /etc/systemd/system-generators.
+const MASKED_GENERATORS: &[&str] = &[
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-sysv-generator",
+    "systemd-rc-local-generator",
+    "systemd-system-update-generator",
 ];
 
 /// Kernel modules udev would load for the VM's hardware that an appliance
@@ -743,6 +765,13 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         let _ = fs::remove_file(&link);
         symlink("/dev/null", link)?;
     }
+    let generators = root.join("etc/systemd/system-generators");
+    fs::create_dir_all(&generators)?;
+    for generator in MASKED_GENERATORS {
+        let link = generators.join(generator);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", link)?;
+    }
     let modprobe = root.join("etc/modprobe.d");
     fs::create_dir_all(&modprobe)?;
     let blacklist: String = BLACKLISTED_MODULES
@@ -812,7 +841,39 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         &generator,
     )?;
     fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
+    mark_updated(root)?;
     Ok(kver)
+}
+
+/// Records in `/etc/.updated` and `/var/.updated` that the image's /etc and
+/// /var are up to date with its /usr, as systemd-update-done.service does
+/// after an update (a `TIMESTAMP_NSEC=` line and the mtime of /usr).
+/// Without them every boot counts as the first after an update of /usr
+/// (ConditionNeedsUpdate=, systemd.unit(5)): /etc and /var are ephemeral
+/// overlays on the image, so what the boot writes is gone at the next one,
+/// and systemd-sysusers, the hwdb and journal catalog rebuilds and
+/// ldconfig ran at every boot for work the package installs of the image
+/// build already did. An image whose /usr changes is a new image, built
+/// with new files.
+fn mark_updated(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let usr = fs::metadata(root.join("usr"))?;
+    let nsec = u64::try_from(usr.mtime())? * 1_000_000_000 + u64::try_from(usr.mtime_nsec())?;
+    let mtime = usr.modified()?;
+    for dir in ["etc", "var"] {
+        let path = root.join(dir).join(".updated");
+        fs::write(
+            &path,
+            format!("# Written by the immuboot image build (as systemd-update-done).\nTIMESTAMP_NSEC={nsec}\n"),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(mtime)
+            .with_context(|| format!("cannot set the mtime of {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The GRUB EFI binary with its first config embedded.

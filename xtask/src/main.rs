@@ -109,6 +109,12 @@ enum BenchWhat {
         /// Only variants whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// Run the guest CPU on QEMU's instruction counter (-icount
+        /// shift=1): the kernel- and guest-clock phases then count guest
+        /// work, repeatable to about a percent on a busy host (QEMU is
+        /// about twice as slow).
+        #[arg(long)]
+        icount: bool,
     },
 }
 
@@ -124,7 +130,19 @@ fn main() {
             BenchWhat::Upgrade => step("host tools", host::ensure)
                 .and_then(|()| step("static init and CLI", build_static))
                 .and_then(|(_, cli)| step("upgrade benchmark", || bench::bench(&cli))),
-            BenchWhat::Boot { suite, boots, only } => bench_boot(suite, boots, only),
+            BenchWhat::Boot {
+                suite,
+                boots,
+                only,
+                icount,
+            } => {
+                if icount {
+                    // Read by the VM harness (tcg_machine_args), set while
+                    // xtask is still one thread.
+                    std::env::set_var(immuboot_qemu_tests::ICOUNT_ENV, "1");
+                }
+                bench_boot(suite, boots, only)
+            }
         },
     };
     if let Err(e) = result {

@@ -60,6 +60,36 @@ pub struct BootPhases {
     pub systemd_to_login_s: Option<f64>,
     /// Host clock: QEMU start → the login prompt.
     pub power_on_to_login_s: Option<f64>,
+    /// Guest clock (systemd's monotonic timestamps, read after logging
+    /// in): systemd in the real root → serial-getty@ttyS0 started.
+    pub systemd_to_getty_guest_s: Option<f64>,
+    /// Guest clock: kernel start → serial-getty@ttyS0 started, the whole
+    /// boot after the firmware and GRUB (which have no guest clock).
+    pub kernel_to_getty_guest_s: Option<f64>,
+}
+
+/// The guest-clock phases from `systemctl show` output holding
+/// `UserspaceTimestampMonotonic=` (the manager's: systemd in the real root
+/// started) and `ActiveEnterTimestampMonotonic=` (the getty's), in µs.
+pub fn getty_guest_phases(show: &str, p: &mut BootPhases) {
+    let value = |key: &str| {
+        show.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(key)?
+                    .strip_prefix('=')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|v| *v > 0)
+            .map(|us| us as f64 / 1e6)
+    };
+    let getty = value("ActiveEnterTimestampMonotonic");
+    p.kernel_to_getty_guest_s = getty;
+    p.systemd_to_getty_guest_s = match (getty, value("UserspaceTimestampMonotonic")) {
+        (Some(g), Some(u)) if g >= u => Some(g - u),
+        _ => None,
+    };
 }
 
 const GRUB_START: &str = "immuboot: press Esc for the boot menu";
@@ -268,5 +298,25 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[]), None);
+    }
+    #[test]
+    fn getty_phases_come_from_systemds_monotonic_timestamps() {
+        let mut p = BootPhases::default();
+        getty_guest_phases(
+            "UserspaceTimestampMonotonic=8483061\nActiveEnterTimestampMonotonic=14990123\n",
+            &mut p,
+        );
+        assert_eq!(p.kernel_to_getty_guest_s, Some(14.990123));
+        let d = p.systemd_to_getty_guest_s.unwrap();
+        assert!((d - 6.507062).abs() < 1e-9, "{d}");
+        // A getty that never started (0) or output without the keys.
+        let mut q = BootPhases::default();
+        getty_guest_phases(
+            "UserspaceTimestampMonotonic=8483061\nActiveEnterTimestampMonotonic=0\n",
+            &mut q,
+        );
+        assert_eq!(q, BootPhases::default());
+        getty_guest_phases("no such property\n", &mut q);
+        assert_eq!(q, BootPhases::default());
     }
 }
