@@ -301,6 +301,15 @@ impl BootState {
         }
         for (slot, v) in [Slot::A, Slot::B].into_iter().zip(unfinished_vars) {
             let Some(v) = v else { continue };
+            // Only a good slot counts unfinished boots: GRUB's counting and
+            // `immuboot_may_boot` look at them only then, and `store` drops
+            // them for a slot on trial or bad. A count left beside such a
+            // slot (by another tool, or a torn write) means nothing; read
+            // as one, it would come back as a real count if the slot turned
+            // good without passing through `mark_good`. Found by fuzzing.
+            if state.health(slot) != Health::Good {
+                continue;
+            }
             match v.parse::<u8>() {
                 Ok(n) => *state.unfinished_mut(slot) = n.min(9),
                 // GRUB's if-chains see no count they know: they count from 0.
@@ -925,6 +934,29 @@ mod tests {
         s.activate_on_trial(Slot::B, 2);
         s.count_attempt(Slot::B);
         assert_eq!((s.b, s.b_unfinished), (Health::Trial { tries: 1 }, 0));
+    }
+
+    /// Found by the `grubenv` fuzz target: `immuboot_b_unfinished=1` beside
+    /// a slot on trial was read as a count, then dropped by `store`, so the
+    /// state changed in a store/read round trip.
+    #[test]
+    fn unfinished_boots_beside_a_slot_on_trial_or_bad_are_not_counted() {
+        let e = env(&[
+            (vars::A_STATE, "bad"),
+            (vars::A_UNFINISHED, "4"),
+            (vars::B_STATE, "trial"),
+            (vars::B_TRIES, "0"),
+            (vars::B_UNFINISHED, "1"),
+        ]);
+        let (s, w) = BootState::from_env(&e);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!((s.a_unfinished, s.b_unfinished), (0, 0));
+        let mut stored = e.clone();
+        s.store(&mut stored).unwrap();
+        assert_eq!(BootState::from_env(&stored).0, s);
+        // A good slot's count is still read.
+        let (g, _) = BootState::from_env(&env(&[(vars::B_UNFINISHED, "3")]));
+        assert_eq!(g.b_unfinished, 3);
     }
 
     /// Every change GRUB saves goes through `immuboot_save`, which writes
