@@ -261,7 +261,10 @@ fn mount_root(b: &mut Boot, cfg: &InitConfig) -> (FstabEntry, Vec<FstabEntry>) {
 
     let found = b.step("find partitions", |b| {
         let mut warnings = Vec::new();
-        let bound = partitions::find(cfg, &image_label, &mut |w| warnings.push(w))?;
+        let disks = b.sys.disk_gate();
+        let bound = partitions::find(cfg, &image_label, disks.as_deref(), &mut |w| {
+            warnings.push(w)
+        })?;
         for w in warnings {
             b.warn(w);
         }
@@ -332,7 +335,8 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
     let dev = b.step("find root", |b| {
         if let Some(label) = spec.strip_prefix("LABEL=") {
             let mut warnings = Vec::new();
-            let bound = partitions::find(cfg, label, &mut |w| warnings.push(w))?;
+            let disks = b.sys.disk_gate();
+            let bound = partitions::find(cfg, label, disks.as_deref(), &mut |w| warnings.push(w))?;
             for w in warnings {
                 b.warn(w);
             }

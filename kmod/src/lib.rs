@@ -12,7 +12,7 @@ pub use alias::{fnmatch, present_modaliases, AliasIndex};
 pub use decompress::{decompress, decompress_bounded, MAX_MODULE_BYTES};
 pub use index::{modules_dir, read_index, ModuleIndex, Planned};
 pub use list::ModuleList;
-pub use loader::{load_now, Loader, Report};
+pub use loader::{load_now, Decision, Gate, Loader, Report};
 
 /// A module's name as the kernel knows it: file name without `.ko*`, with
 /// `-` turned into `_`.

@@ -1,18 +1,21 @@
 //! The module list file of an initramfs (`[always]`, `[hardware]`,
-//! `[on-demand]` sections).
+//! `[hardware-if-needed]`, `[on-demand]` sections).
 
 use anyhow::bail;
 
 /// The module list of an initramfs: `[always]` modules are loaded whatever
 /// the hardware (file systems, loop); `[hardware]` ones only when a present
 /// device's modalias matches them (disk controllers, watchdogs);
-/// `[on-demand]` ones are carried but loaded only when the init asks (the
-/// software watchdog, when no hardware one exists). Lines before any
-/// section header count as `[always]`.
+/// `[hardware-if-needed]` ones likewise, but only when the image partition
+/// is not on a disk the `[hardware]` drivers brought (see
+/// [`crate::Loader`]); `[on-demand]` ones are carried but loaded only when
+/// the init asks (the software watchdog, when no hardware one exists).
+/// Lines before any section header count as `[always]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModuleList {
     pub always: Vec<String>,
     pub hardware: Vec<String>,
+    pub hardware_if_needed: Vec<String>,
     pub on_demand: Vec<String>,
 }
 
@@ -27,13 +30,16 @@ impl ModuleList {
                 "[always]" => section = 0,
                 "[hardware]" => section = 1,
                 "[on-demand]" => section = 2,
+                "[hardware-if-needed]" => section = 3,
                 l if l.starts_with('[') => bail!(
-                    "line {}: unknown section {l} (expected [always], [hardware] or [on-demand])",
+                    "line {}: unknown section {l} (expected [always], [hardware], \
+                     [hardware-if-needed] or [on-demand])",
                     n + 1
                 ),
                 l => match section {
                     0 => list.always.push(l.to_string()),
                     1 => list.hardware.push(l.to_string()),
+                    3 => list.hardware_if_needed.push(l.to_string()),
                     _ => list.on_demand.push(l.to_string()),
                 },
             }
@@ -45,6 +51,7 @@ impl ModuleList {
         self.always
             .iter()
             .chain(&self.hardware)
+            .chain(&self.hardware_if_needed)
             .chain(&self.on_demand)
             .cloned()
             .collect()
@@ -52,9 +59,10 @@ impl ModuleList {
 
     pub fn render(&self) -> String {
         format!(
-            "[always]\n{}\n[hardware]\n{}\n[on-demand]\n{}\n",
+            "[always]\n{}\n[hardware]\n{}\n[hardware-if-needed]\n{}\n[on-demand]\n{}\n",
             self.always.join("\n"),
             self.hardware.join("\n"),
+            self.hardware_if_needed.join("\n"),
             self.on_demand.join("\n")
         )
     }
@@ -67,15 +75,17 @@ mod tests {
     #[test]
     fn module_list_sections() {
         let l = ModuleList::parse(
-            "ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[on-demand]\nsoftdog\n[always]\noverlay\n",
+            "ext4 # fs\nloop\n[hardware]\nvirtio_pci\n\n[on-demand]\nsoftdog\n[always]\noverlay\n\
+             [hardware-if-needed]\nahci\n",
         )
         .unwrap();
         assert_eq!(l.always, ["ext4", "loop", "overlay"]);
         assert_eq!(l.hardware, ["virtio_pci"]);
+        assert_eq!(l.hardware_if_needed, ["ahci"]);
         assert_eq!(l.on_demand, ["softdog"]);
         assert_eq!(
             l.all(),
-            ["ext4", "loop", "overlay", "virtio_pci", "softdog"]
+            ["ext4", "loop", "overlay", "virtio_pci", "ahci", "softdog"]
         );
         assert_eq!(ModuleList::parse(&l.render()).unwrap(), l);
         assert!(ModuleList::parse("[sometimes]\n").is_err());

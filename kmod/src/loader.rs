@@ -9,6 +9,8 @@ use crate::module_name;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Loads one module file; `Ok(false)` if it was loaded already.
 fn load_file(dir: &Path, rel: &str) -> Result<bool> {
@@ -57,24 +59,147 @@ fn load_chain(dir: &Path, order: &[Planned], report: &mut Report) {
     }
 }
 
+/// Whether the `[hardware-if-needed]` drivers load: decided by the search
+/// for the image partition, once the `[hardware]` drivers have settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Undecided,
+    /// The image partition is not on the disks found so far: load them.
+    Load,
+    /// The image partition was found: the boot does not need them (udev in
+    /// the real root loads them for their hardware).
+    Skip,
+}
+
+#[derive(Debug)]
+struct GateState {
+    /// The `[hardware]` drivers for the devices present have all loaded
+    /// (and the devices they brought were looked at), and some
+    /// `[hardware-if-needed]` driver has a device waiting.
+    settled: bool,
+    decision: Decision,
+}
+
+/// Where the coldplug thread and the search for the image partition meet.
+/// Loading a disk controller's driver can cost a second of CPU (AHCI resets
+/// and probes six ports under QEMU's q35, a disk or not behind them); on
+/// one CPU that second is the boot's. So the drivers of controllers that
+/// rarely hold an image-based system's disk in a VM, yet often sit beside
+/// it, wait until the search has looked at every disk the others brought.
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+/// How long the coldplug thread waits for a decision before it loads the
+/// deferred drivers anyway (a caller that never searches must not lose its
+/// disks).
+pub const UNDECIDED_LOAD_AFTER: Duration = Duration::from_secs(5);
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: Mutex::new(GateState {
+                settled: false,
+                decision: Decision::Undecided,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the first drivers have settled with deferred ones waiting: a
+    /// search that starts after this saw every disk they brought.
+    pub fn settled(&self) -> bool {
+        self.lock().settled
+    }
+
+    pub fn decision(&self) -> Decision {
+        self.lock().decision
+    }
+
+    /// The first decision counts; later ones change nothing.
+    pub fn decide(&self, d: Decision) {
+        let mut s = self.lock();
+        if s.decision == Decision::Undecided {
+            s.decision = d;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Called by the coldplug thread when the first drivers settled with
+    /// deferred ones waiting: the decision, after at most `patience`
+    /// (then: load).
+    fn settle_and_wait(&self, patience: Duration) -> Decision {
+        let mut s = self.lock();
+        s.settled = true;
+        let deadline = Instant::now() + patience;
+        while s.decision == Decision::Undecided {
+            let now = Instant::now();
+            if now >= deadline {
+                s.decision = Decision::Load;
+                break;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.decision
+    }
+}
+
+/// Which drivers of a scan start now: those of `first`, and of `later`
+/// once `later_allowed`; `deferred` tells whether a `later` driver has a
+/// device waiting.
+fn pick<'a>(
+    wanted: impl IntoIterator<Item = &'a str>,
+    first: &[String],
+    later: &[String],
+    later_allowed: bool,
+) -> (Vec<&'a str>, bool) {
+    let is_in = |list: &[String], m: &str| list.iter().any(|h| module_name(h) == m);
+    let mut start = Vec::new();
+    let mut deferred = false;
+    for m in wanted {
+        if is_in(first, m) || (later_allowed && is_in(later, m)) {
+            start.push(m);
+        } else if is_in(later, m) {
+            deferred = true;
+        }
+    }
+    (start, deferred)
+}
+
 /// Loads, for the devices present, the `[hardware]` modules whose alias
 /// matches them. Each module loads in its own thread, so one slow probe
-/// (an AHCI controller resetting its ports) does not hold up another driver;
-/// whenever a load finishes the devices are scanned again, since loading can
-/// make new devices appear (a PCI virtio controller brings virtio devices).
+/// does not hold up another driver; whenever a load finishes the devices
+/// are scanned again, since loading can make new devices appear (a PCI
+/// virtio controller brings virtio devices). The `[hardware-if-needed]`
+/// modules (`later`) start only when the [`Gate`] says so.
 fn coldplug(
     dir: &Path,
-    index: &std::sync::Arc<ModuleIndex>,
+    index: &Arc<ModuleIndex>,
     aliases: &AliasIndex,
-    hardware: &[String],
+    (first, later): (&[String], &[String]),
+    gate: &Gate,
 ) -> Report {
     let mut report = Report::default();
     let mut tried: HashSet<String> = HashSet::new();
     let mut running: Vec<std::thread::JoinHandle<Report>> = Vec::new();
+    let mut later_allowed = later.is_empty();
     loop {
+        let mut deferred = false;
         for modalias in present_modaliases(Path::new("/sys/bus")) {
-            for m in aliases.modules_for(&modalias) {
-                if !hardware.iter().any(|h| module_name(h) == m) || !tried.insert(m.to_string()) {
+            let wanted = aliases.modules_for(&modalias);
+            let (start, waiting) = pick(wanted.iter().copied(), first, later, later_allowed);
+            deferred |= waiting;
+            for m in start {
+                if !tried.insert(m.to_string()) {
                     continue;
                 }
                 log::debug!("{modalias} needs {m}");
@@ -92,7 +217,22 @@ fn coldplug(
             }
         }
         if running.is_empty() {
-            return report;
+            if !deferred || later_allowed {
+                return report;
+            }
+            match gate.settle_and_wait(UNDECIDED_LOAD_AFTER) {
+                Decision::Skip => {
+                    log::info!(
+                        "disk drivers not needed for this boot left to udev: {}",
+                        later.join(" ")
+                    );
+                    return report;
+                }
+                _ => {
+                    later_allowed = true;
+                    continue;
+                }
+            }
         }
         // Wait for any load to finish, then look for new devices.
         while !running.iter().any(|h| h.is_finished()) {
@@ -122,6 +262,7 @@ fn coldplug(
 pub struct Loader {
     pending: Vec<(String, std::thread::JoinHandle<Report>)>,
     done: Report,
+    gate: Arc<Gate>,
 }
 
 /// Name of the coldplug thread in [`Loader`]'s list.
@@ -129,16 +270,19 @@ const COLDPLUG: &str = "(hardware)";
 
 impl Loader {
     pub fn start(dir: &Path, list: &ModuleList) -> Result<Loader> {
-        let index = std::sync::Arc::new(read_index(dir)?);
+        let index = Arc::new(read_index(dir)?);
         let mut loader = Loader {
             pending: Vec::new(),
             done: Report::default(),
+            gate: Arc::new(Gate::new()),
         };
-        if !list.hardware.is_empty() {
+        if !list.hardware.is_empty() || !list.hardware_if_needed.is_empty() {
             let alias_text = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
-            let (dir, index, hardware) = (dir.to_path_buf(), index.clone(), list.hardware.clone());
+            let (dir, index, gate) = (dir.to_path_buf(), index.clone(), loader.gate.clone());
+            let (first, later) = (list.hardware.clone(), list.hardware_if_needed.clone());
             let handle = std::thread::spawn(move || {
-                coldplug(&dir, &index, &AliasIndex::parse(&alias_text), &hardware)
+                let aliases = AliasIndex::parse(&alias_text);
+                coldplug(&dir, &index, &aliases, (&first, &later), &gate)
             });
             loader.pending.push((COLDPLUG.into(), handle));
         }
@@ -191,8 +335,16 @@ impl Loader {
         self.join(|n| n != COLDPLUG);
     }
 
-    /// Waits for every module; returns what was loaded and every error.
+    /// The meeting point with the search for the image partition.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// Waits for every module; returns what was loaded and every error. The
+    /// boot has its disks by now: deferred drivers not asked for stay
+    /// unloaded.
     pub fn finish(&mut self) -> &Report {
+        self.gate.decide(Decision::Skip);
         self.join(|_| false);
         &self.done
     }
@@ -200,5 +352,67 @@ impl Loader {
     /// Errors so far, taken (so each is reported once).
     pub fn take_errors(&mut self) -> Vec<String> {
         std::mem::take(&mut self.done.errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn deferred_drivers_wait_until_allowed() {
+        let (first, later) = (names(&["virtio_blk", "virtio-pci"]), names(&["ahci"]));
+        let wanted = ["ahci", "virtio_pci", "snd_hda_intel"];
+        let (start, deferred) = pick(wanted, &first, &later, false);
+        assert_eq!((start, deferred), (vec!["virtio_pci"], true));
+        let (start, deferred) = pick(wanted, &first, &later, true);
+        assert_eq!((start, deferred), (vec!["ahci", "virtio_pci"], false));
+        // Nothing of the later list present: nothing deferred.
+        assert!(!pick(["virtio_blk"], &first, &later, false).1);
+    }
+
+    #[test]
+    fn a_partition_found_before_the_first_drivers_settle_skips_the_rest() {
+        let gate = Gate::new();
+        assert!(!gate.settled());
+        gate.decide(Decision::Skip);
+        // A later change of mind does not count.
+        gate.decide(Decision::Load);
+        assert_eq!(
+            gate.settle_and_wait(Duration::from_secs(60)),
+            Decision::Skip
+        );
+        assert!(gate.settled());
+    }
+
+    #[test]
+    fn the_search_asks_for_the_rest_after_the_first_drivers_settled() {
+        let gate = Arc::new(Gate::new());
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.settle_and_wait(Duration::from_secs(60)))
+        };
+        // The search sees the first drivers settled, looks, finds nothing.
+        while !gate.settled() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.decide(Decision::Load);
+        assert_eq!(waiter.join().unwrap(), Decision::Load);
+    }
+
+    #[test]
+    fn without_a_decision_the_deferred_drivers_load_after_a_while() {
+        let gate = Gate::new();
+        let t = Instant::now();
+        assert_eq!(
+            gate.settle_and_wait(Duration::from_millis(50)),
+            Decision::Load
+        );
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert_eq!(gate.decision(), Decision::Load);
     }
 }

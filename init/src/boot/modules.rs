@@ -50,6 +50,12 @@ impl InitSyscall {
         }
     }
 
+    /// Where the search for the image partition tells the module loader
+    /// whether the deferred disk drivers are needed (none without one).
+    pub fn disk_gate(&self) -> Option<std::sync::Arc<kmod::Gate>> {
+        self.modules.borrow().as_ref().map(kmod::Loader::gate)
+    }
+
     pub fn need_module(&self, name: &str) {
         if let Some(loader) = self.modules.borrow_mut().as_mut() {
             loader.wait_for(name);

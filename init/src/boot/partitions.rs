@@ -3,6 +3,7 @@
 
 use crate::config::InitConfig;
 use anyhow::{bail, Context, Result};
+use immuboot_kmod as kmod;
 use immuboot_mount::facts::{BootFacts, Partition};
 use immuboot_mount::plan::MountFlags;
 use immuboot_mount::probe::{self, BlockDevice};
@@ -102,18 +103,39 @@ fn udev_busy() -> bool {
 /// With `immuboot.state_uuid` only the disk holding that file system
 /// counts: it is waited for even when another disk with our labels is
 /// already there.
+///
+/// `disks`: the standalone init's module loader, holding back the
+/// `[hardware-if-needed]` disk drivers. A look that finds nothing after the
+/// other drivers have settled asks for them; finding the partition tells
+/// the loader they are not needed for this boot.
 pub fn find(
     cfg: &InitConfig,
     required: &str,
+    disks: Option<&kmod::Gate>,
     warn: &mut dyn FnMut(String),
 ) -> Result<probe::Bound> {
     let start = Instant::now();
     let mut next_notice = Duration::from_secs(1);
     let bound = loop {
+        // Read before the look: when it is true, the look saw every disk
+        // the first drivers brought.
+        let settled = disks.is_some_and(kmod::Gate::settled);
         let bound = scan_bound(cfg);
         let on_boot_disk = cfg.state_uuid.is_none() || bound.unbound.is_none();
         if on_boot_disk && !probe::with_label(&bound.devices, required).is_empty() {
+            if let Some(g) = disks {
+                g.decide(kmod::Decision::Skip);
+            }
             break bound;
+        }
+        if let (true, Some(g)) = (settled, disks) {
+            if g.decision() == kmod::Decision::Undecided {
+                log::info!(
+                    "no partition labelled {required} on the disks found so far; loading the \
+                     other disk drivers"
+                );
+            }
+            g.decide(kmod::Decision::Load);
         }
         let waited = start.elapsed();
         if give_up(waited, cfg.device_timeout, udev_busy()) {
