@@ -57,6 +57,12 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
     );
     let (rc, _) = vm.run("touch /usr/bin/x 2>/dev/null")?;
     ensure!(rc != 0, "/usr is writable");
+    // The disk is on virtio: the init left AHCI to udev (s31 boots from it).
+    ensure!(
+        vm.console()
+            .contains("disk drivers not needed for this boot left to udev: ahci"),
+        "the init did not leave AHCI to udev"
+    );
     let cmdline = vm.run_ok("cat /proc/cmdline")?;
     ensure!(
         cmdline.contains("immuboot.slot=a") && cmdline.contains("immuboot.mode=active"),
@@ -1820,6 +1826,37 @@ const FILL_STATE: &str = "mount -o remount,rw /run/initramfs/cos-state && cd /ru
 /// and is marked good (three boots that could not clear their count would
 /// give up a healthy slot), the state commands still work, an upgrade is
 /// refused with the reason, and nothing is left half-written.
+/// The disk on SATA, as on most PCs: AHCI is a driver the init holds back
+/// until the search for the image partition has looked at the disks the
+/// others brought. Here they bring none, so the search asks for it and the
+/// boot goes on from /dev/sda.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s31_boots_from_a_disk_on_sata() -> Result<()> {
+    let mut m = Machine::new("s31-sata")?.on_sata();
+    let (mut vm, _) = boot_to_multi_user_on_read_only_squashfs(&mut m)?;
+    ensure!(
+        vm.console().contains(
+            "no partition labelled COS_STATE on the disks found so far; loading the other \
+             disk drivers"
+        ),
+        "the init did not ask for the held-back drivers"
+    );
+    let usr_local = vm.run_ok("findmnt -n -o SOURCE /usr/local")?;
+    ensure!(usr_local.trim() == "/dev/sda5", "/usr/local is {usr_local}");
+    let backing = root_backing_file(&mut vm)?;
+    ensure!(
+        backing == "/run/initramfs/cos-state/cOS/a.img",
+        "root image {backing}"
+    );
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        status.contains("booted:       active (slot a) /cOS/a.img  version 2"),
+        "{status}"
+    );
+    vm.power_cut()
+}
+
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s30_a_full_state_partition_still_boots_and_marks_good() -> Result<()> {
