@@ -151,6 +151,14 @@ mod tests {
     /// A frame header that claims 4 GiB is not believed: only what the
     /// blocks deliver is allocated (the kernel then refuses the ELF).
     #[test]
+    fn a_crafted_xz_footer_is_an_error() {
+        // Found by the `decompress` fuzz target: a footer read where the
+        // index ended early, its backward size 0xFFFFFFFF.
+        let crafted = include_bytes!("testdata/xz-footer-overflow.bin").to_vec();
+        assert!(decompress("crafted.ko.xz", crafted).is_err());
+    }
+
+    #[test]
     fn a_claimed_4_gib_is_not_allocated() {
         let claim = zstd_rle_bomb(4 << 30, 1);
         let out = decompress("claims.ko.zst", claim).unwrap();
