@@ -152,15 +152,16 @@ mod tests {
     fn assessment_table() {
         use Mode::*;
         use Slot::*;
-        let rows: Vec<(
+        type Row<'a> = (
             BootState,
             BootTarget,
             bool,
             BootState,
             bool,
             Option<Slot>,
-            Option<&str>,
-        )> = vec![
+            Option<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
             // A good slot boots, counted by GRUB: nothing changes.
             (
                 state(A, G, G),

@@ -199,8 +199,10 @@ mod tests {
     #[test]
     fn garbage_primary_falls_back_to_backup() {
         let d = dir("garbage");
-        let mut s = BootState::default();
-        s.active_slot = Slot::B;
+        let s = BootState {
+            active_slot: Slot::B,
+            ..Default::default()
+        };
         save(&d, &GrubEnv::new(), &s).unwrap();
         std::fs::write(primary(&d), vec![0x5a; 1024]).unwrap();
         let l = load(&d);
