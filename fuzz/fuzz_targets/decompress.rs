@@ -48,6 +48,32 @@ static ALLOC: Counting = Counting;
 /// stays fast; the code path is the same.
 const LIMIT: usize = 1 << 20;
 
+/// Where lzma-rs 0.3.0 overflows on a crafted xz footer (`(backward_size +
+/// 1) << 2`, found by this target). cargo fuzz builds every crate with
+/// overflow checks, so it panics here; the init's release build has none,
+/// the value wraps and the decode returns an error (kmod test
+/// `a_crafted_xz_footer_is_an_error`, built as the release build is). That
+/// one known spot returns `None`; any other panic stays a finding.
+const KNOWN_OVERFLOW: (&str, u32) = ("lzma-rs-0.3.0/src/decode/xz.rs", 52);
+
+fn past_known_lzma_rs_overflow<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // libfuzzer-sys's hook aborts on every panic: let the known one
+        // unwind to the catch below instead.
+        let abort_on_panic = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let known = info.location().is_some_and(|l| {
+                l.file().ends_with(KNOWN_OVERFLOW.0) && l.line() == KNOWN_OVERFLOW.1
+            });
+            if !known {
+                abort_on_panic(info);
+            }
+        }));
+    });
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, file)) = data.split_first() else {
         return;
@@ -61,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
     let file = file.to_vec();
     let before = LIVE.load(Relaxed);
     PEAK.store(before, Relaxed);
-    let out = decompress_bounded(path, file, LIMIT);
+    let Some(out) = past_known_lzma_rs_overflow(|| decompress_bounded(path, file, LIMIT)) else {
+        return;
+    };
     let peak = PEAK.load(Relaxed) - before;
     if let Ok(out) = &out {
         assert!(
