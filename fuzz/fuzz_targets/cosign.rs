@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let payload = parts.get(1).copied().unwrap_or_default().to_vec();
-    let signature = parts.get(2).map(|s| String::from_utf8_lossy(s).into_owned());
+    let signature = parts
+        .get(2)
+        .map(|s| String::from_utf8_lossy(s).into_owned());
     let digest = parts
         .get(3)
         .map(|s| String::from_utf8_lossy(s).into_owned())
