@@ -121,13 +121,16 @@ impl Gate {
         self.lock().decision
     }
 
-    /// The first decision counts; later ones change nothing.
-    pub fn decide(&self, d: Decision) {
+    /// The first decision counts; later ones change nothing. Returns
+    /// whether this one was the first.
+    pub fn decide(&self, d: Decision) -> bool {
         let mut s = self.lock();
-        if s.decision == Decision::Undecided {
+        let first = s.decision == Decision::Undecided;
+        if first {
             s.decision = d;
             self.changed.notify_all();
         }
+        first
     }
 
     /// Called by the coldplug thread when the first drivers settled with
@@ -379,9 +382,9 @@ mod tests {
     fn a_partition_found_before_the_first_drivers_settle_skips_the_rest() {
         let gate = Gate::new();
         assert!(!gate.settled());
-        gate.decide(Decision::Skip);
+        assert!(gate.decide(Decision::Skip));
         // A later change of mind does not count.
-        gate.decide(Decision::Load);
+        assert!(!gate.decide(Decision::Load));
         assert_eq!(
             gate.settle_and_wait(Duration::from_secs(60)),
             Decision::Skip

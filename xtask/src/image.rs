@@ -7,6 +7,7 @@ use crate::initramfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -760,18 +761,11 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         root.join("etc/fstab"),
         "# Written by the immuboot init at every boot.\n",
     )?;
-    for unit in MASKED_UNITS {
-        let link = root.join("etc/systemd/system").join(unit);
-        let _ = fs::remove_file(&link);
-        symlink("/dev/null", link)?;
-    }
-    let generators = root.join("etc/systemd/system-generators");
-    fs::create_dir_all(&generators)?;
-    for generator in MASKED_GENERATORS {
-        let link = generators.join(generator);
-        let _ = fs::remove_file(&link);
-        symlink("/dev/null", link)?;
-    }
+    mask(&root.join("etc/systemd/system"), MASKED_UNITS)?;
+    mask(
+        &root.join("etc/systemd/system-generators"),
+        MASKED_GENERATORS,
+    )?;
     let modprobe = root.join("etc/modprobe.d");
     fs::create_dir_all(&modprobe)?;
     let blacklist: String = BLACKLISTED_MODULES
@@ -862,16 +856,26 @@ fn mark_updated(root: &Path) -> Result<()> {
     let mtime = usr.modified()?;
     for dir in ["etc", "var"] {
         let path = root.join(dir).join(".updated");
-        fs::write(
-            &path,
-            format!("# Written by the immuboot image build (as systemd-update-done).\nTIMESTAMP_NSEC={nsec}\n"),
+        let mut file =
+            fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(
+            format!("# Written by the immuboot image build (as systemd-update-done).\nTIMESTAMP_NSEC={nsec}\n")
+                .as_bytes(),
         )
+        .and_then(|()| file.set_modified(mtime))
         .with_context(|| format!("cannot write {}", path.display()))?;
-        fs::File::options()
-            .write(true)
-            .open(&path)?
-            .set_modified(mtime)
-            .with_context(|| format!("cannot set the mtime of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Masks systemd units or generators: a link to /dev/null for each of
+/// `names` in `dir` (created if missing), as systemctl mask does.
+fn mask(dir: &Path, names: &[&str]) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for name in names {
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", link)?;
     }
     Ok(())
 }

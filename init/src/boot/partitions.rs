@@ -129,13 +129,12 @@ pub fn find(
             break bound;
         }
         if let (true, Some(g)) = (settled, disks) {
-            if g.decision() == kmod::Decision::Undecided {
+            if g.decide(kmod::Decision::Load) {
                 log::info!(
                     "no partition labelled {required} on the disks found so far; loading the \
                      other disk drivers"
                 );
             }
-            g.decide(kmod::Decision::Load);
         }
         let waited = start.elapsed();
         if give_up(waited, cfg.device_timeout, udev_busy()) {
