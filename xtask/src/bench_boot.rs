@@ -11,6 +11,12 @@
 //! - `immuboot direct`: the standalone initramfs started by QEMU (`-kernel`)
 //!   on the demo disk, no GRUB: its initramfs phase compares with the
 //!   direct boots below;
+//! - `immuboot dracut direct`: the same for the dracut initramfs with the
+//!   module. It has the Debian variants' command line (serial console
+//!   only), so against `Debian dracut (squashfs root)` it shows what the
+//!   module adds; GRUB's command line also prints the kernel's log on the
+//!   screen (`console=tty0`), which costs every line a redraw of the EFI
+//!   frame buffer under TCG;
 //! - `busybox script`: the floor, a sequential busybox `/init` doing the
 //!   init's essential work (image/bench/busybox-init.sh) on the demo disk;
 //! - `Debian dracut` and `Debian initramfs-tools`: the distribution's own
@@ -158,7 +164,18 @@ pub fn bench_boot(
     let inputs = prepare(suite, standalone, dracut)?;
     let mut variants = variants(standalone, dracut, &inputs);
     if let Some(only) = &only {
-        variants.retain(|v| v.name.contains(only.as_str()));
+        // Comma-separated; each is a variant's whole name (that variant) or
+        // a part of names (every variant whose name contains it).
+        let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
+        variants.retain(|v| {
+            only.split(',').map(str::trim).any(|o| {
+                if names.contains(&o) {
+                    v.name == o
+                } else {
+                    v.name.contains(o)
+                }
+            })
+        });
         if variants.is_empty() {
             bail!("no variant's name contains {only:?}");
         }
@@ -284,6 +301,25 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             },
             initramfs: sa.join("initrd.img"),
             handover: Some("immuboot: switching root to"),
+            immuboot: true,
+        },
+        Variant {
+            // The dracut initramfs with the module on the same command line
+            // as the Debian variants below (no GRUB, serial console only):
+            // its initramfs phase against `Debian dracut (squashfs root)` is
+            // what the module adds.
+            name: "immuboot dracut direct",
+            boot: Boot::DirectOnDisk {
+                config: config_arg(dracut),
+                kernel: inputs.kernel.clone(),
+                initrd: dracut.out_dir().join("initrd.img"),
+                append: format!(
+                    "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
+                     immuboot.slot=a {CONSOLE}"
+                ),
+            },
+            initramfs: dracut.out_dir().join("initrd.img"),
+            handover: Some("immuboot: /sysroot is ready"),
             immuboot: true,
         },
         Variant {

@@ -106,7 +106,9 @@ enum BenchWhat {
         /// Boots per variant.
         #[arg(long, default_value_t = 3)]
         boots: usize,
-        /// Only variants whose name contains this.
+        /// Only these variants, comma-separated: a variant's whole name
+        /// selects it alone, a part of a name every variant containing it
+        /// (`--only "immuboot,dracut direct"`).
         #[arg(long)]
         only: Option<String>,
         /// Run the guest CPU on QEMU's instruction counter (-icount
