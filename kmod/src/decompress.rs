@@ -148,8 +148,6 @@ mod tests {
         assert_eq!(decompress_bounded("a.ko.xz", xz, 4096).unwrap(), zeros);
     }
 
-    /// A frame header that claims 4 GiB is not believed: only what the
-    /// blocks deliver is allocated (the kernel then refuses the ELF).
     #[test]
     fn a_crafted_xz_footer_is_an_error() {
         // Found by the `decompress` fuzz target: a footer read where the
@@ -158,6 +156,8 @@ mod tests {
         assert!(decompress("crafted.ko.xz", crafted).is_err());
     }
 
+    /// A frame header that claims 4 GiB is not believed: only what the
+    /// blocks deliver is allocated (the kernel then refuses the ELF).
     #[test]
     fn a_claimed_4_gib_is_not_allocated() {
         let claim = zstd_rle_bomb(4 << 30, 1);

@@ -254,8 +254,6 @@ impl Machine {
         self
     }
 
-    /// Disk writes reach the host file when the guest flushes, so killing
-    /// QEMU is a power cut: what the guest synced survives, the rest may not.
     /// The disk on the SATA (AHCI) controller, as on most PCs: the init's
     /// disk drivers of the first round find nothing, so it must ask for
     /// AHCI.
@@ -264,6 +262,8 @@ impl Machine {
         self
     }
 
+    /// Disk writes reach the host file when the guest flushes, so killing
+    /// QEMU is a power cut: what the guest synced survives, the rest may not.
     pub fn for_power_cuts(mut self) -> Machine {
         self.disk_cache = "writeback";
         self

@@ -1830,10 +1830,6 @@ const FILL_STATE: &str = "mount -o remount,rw /run/initramfs/cos-state && cd /ru
     sync; if dd if=/dev/zero of=probe bs=4k count=1 conv=fsync 2>/dev/null; then echo room; else echo full; fi; \
     rm -f probe; cd /; mount -o remount,ro /run/initramfs/cos-state";
 
-/// COS_STATE full to the last block: every boot still counts, completes
-/// and is marked good (three boots that could not clear their count would
-/// give up a healthy slot), the state commands still work, an upgrade is
-/// refused with the reason, and nothing is left half-written.
 /// The disk on SATA, as on most PCs: AHCI is a driver the init holds back
 /// until the search for the image partition has looked at the disks the
 /// others brought. Here they bring none, so the search asks for it and the
@@ -1865,6 +1861,10 @@ fn s31_boots_from_a_disk_on_sata() -> Result<()> {
     vm.power_cut()
 }
 
+/// COS_STATE full to the last block: every boot still counts, completes
+/// and is marked good (three boots that could not clear their count would
+/// give up a healthy slot), the state commands still work, an upgrade is
+/// refused with the reason, and nothing is left half-written.
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s30_a_full_state_partition_still_boots_and_marks_good() -> Result<()> {
