@@ -259,17 +259,7 @@ fn mount_root(b: &mut Boot, cfg: &InitConfig) -> (FstabEntry, Vec<FstabEntry>) {
     let image_label = cfg.image_partition_label(mode).to_string();
     b.facts.image_partition = Some(image_label.clone());
 
-    let found = b.step("find partitions", |b| {
-        let mut warnings = Vec::new();
-        let disks = b.sys.disk_gate();
-        let bound = partitions::find(cfg, &image_label, disks.as_deref(), &mut |w| {
-            warnings.push(w)
-        })?;
-        for w in warnings {
-            b.warn(w);
-        }
-        Ok(partitions::Found::new(bound.devices, bound.look_alikes))
-    });
+    let found = b.step("find partitions", |b| find_partitions(b, cfg, &image_label));
     found.record(&mut b.facts);
     let image_dev = found.get(&image_label);
     let state_dev = if mode_policy.image_on_state {
@@ -329,18 +319,25 @@ fn mount_root(b: &mut Boot, cfg: &InitConfig) -> (FstabEntry, Vec<FstabEntry>) {
     (root_entry, mounted)
 }
 
+/// Waits for the partition labelled `label` and finds the others
+/// (`partitions::find`), telling the module loader's disk gate what it
+/// found; warnings become the boot's.
+fn find_partitions(b: &mut Boot, cfg: &InitConfig, label: &str) -> Result<partitions::Found> {
+    let mut warnings = Vec::new();
+    let disks = b.sys.disk_gate();
+    let bound = partitions::find(cfg, label, disks.as_deref(), &mut |w| warnings.push(w))?;
+    for w in warnings {
+        b.warn(w);
+    }
+    Ok(partitions::Found::new(bound.devices, bound.look_alikes))
+}
+
 /// `rd.cos.disable`: no immutable layout, boot `root=` as it is.
 fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
     let spec = cfg.root_spec.clone().unwrap_or_default();
     let dev = b.step("find root", |b| {
         if let Some(label) = spec.strip_prefix("LABEL=") {
-            let mut warnings = Vec::new();
-            let disks = b.sys.disk_gate();
-            let bound = partitions::find(cfg, label, disks.as_deref(), &mut |w| warnings.push(w))?;
-            for w in warnings {
-                b.warn(w);
-            }
-            partitions::Found::new(bound.devices, bound.look_alikes)
+            find_partitions(b, cfg, label)?
                 .get(label)
                 .with_context(|| format!("no partition labelled {label}"))
         } else if spec.starts_with("/dev/") {
