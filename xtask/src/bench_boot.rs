@@ -177,7 +177,7 @@ pub fn bench_boot(
             })
         });
         if variants.is_empty() {
-            bail!("no variant's name contains {only:?}");
+            bail!("no variant matches {only:?}");
         }
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
@@ -269,6 +269,11 @@ fn prepare(suite: Suite, standalone: &Config, dracut: &Config) -> Result<Inputs>
 fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Variant> {
     let sa = standalone.out_dir();
     let plain_append = format!("root=/dev/vda rootfstype=ext4 rw {CONSOLE}");
+    // The demo disk's slot a, as GRUB's active entry names it.
+    let slot_a_append = format!(
+        "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active immuboot.slot=a \
+         {CONSOLE}"
+    );
     vec![
         Variant {
             name: "immuboot",
@@ -294,10 +299,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 config: config_arg(standalone),
                 kernel: inputs.kernel.clone(),
                 initrd: sa.join("initrd.img"),
-                append: format!(
-                    "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
-                     immuboot.slot=a {CONSOLE}"
-                ),
+                append: slot_a_append.clone(),
             },
             initramfs: sa.join("initrd.img"),
             handover: Some("immuboot: switching root to"),
@@ -313,10 +315,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 config: config_arg(dracut),
                 kernel: inputs.kernel.clone(),
                 initrd: dracut.out_dir().join("initrd.img"),
-                append: format!(
-                    "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
-                     immuboot.slot=a {CONSOLE}"
-                ),
+                append: slot_a_append.clone(),
             },
             initramfs: dracut.out_dir().join("initrd.img"),
             handover: Some("immuboot: /sysroot is ready"),
