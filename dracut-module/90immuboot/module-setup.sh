@@ -12,14 +12,16 @@ check() {
 }
 
 depends() {
-    echo systemd systemd-initrd systemd-modules-load
+    echo systemd systemd-initrd
     return 0
 }
 
 installkernel() {
     # The image is a squashfs file on a loop device, /etc an overlay on
     # tmpfs, the partitions ext4 (vfat for the ESP). udev loads the disk
-    # drivers as in any dracut initramfs.
+    # drivers as in any dracut initramfs. immuboot-initrd.service loads the
+    # file systems and loop itself, not modules-load.d: loaded before udev
+    # starts, they held up the disk (measured, see README.md).
     hostonly='' instmods squashfs loop overlay ext4 vfat
     # A watchdog guards the hand-over to the new root's systemd: the
     # hardware drivers udev matches, and softdog where there is none.
@@ -31,7 +33,9 @@ install() {
     # The generator is the same binary, told apart by its name.
     ln_r /usr/lib/immuboot/immuboot-init "${systemdutildir}/system-generators/immuboot-generator"
     inst_simple "$moddir/immuboot-initrd.service" "${systemdsystemunitdir}/immuboot-initrd.service"
-    inst_simple "$moddir/immuboot-modules.conf" /usr/lib/modules-load.d/immuboot.conf
-    # The fatal path asks systemd for the reboot.
+    inst_simple "$moddir/immuboot-initqueue-wake.service" "${systemdsystemunitdir}/immuboot-initqueue-wake.service"
+    # The fatal path asks systemd for the reboot. (The initqueue wake-up
+    # uses /bin/sh and rm, which dracut's base module installs: the module
+    # keeps the distribution's choice of shell.)
     inst_multiple systemctl
 }

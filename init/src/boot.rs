@@ -178,8 +178,9 @@ pub fn run() -> ! {
 
 /// The same boot inside a distribution's dracut initramfs, run by
 /// `immuboot-initrd.service` (systemd in the initrd). systemd has mounted
-/// the API file systems, loaded the modules (udev, modules-load.d) and
-/// waited for the image's partition (`immuboot-generator`); this prepares
+/// the API file systems, loaded the drivers (udev; the file systems load on
+/// first mount) and waited for the image's partition
+/// (`immuboot-generator`); this prepares
 /// /sysroot and exits, and systemd switches root. Returns only on success;
 /// a failure takes the fatal path (a reboot asked of systemd, or its
 /// emergency shell with immuboot.shell).

@@ -13,6 +13,10 @@
 //!   the service into the initrd transaction;
 //! - a drop-in for the service: wait (through udev/systemd) for the
 //!   partition holding the image, `/dev/disk/by-label/LABEL`;
+//! - `immuboot-initqueue-wake.service`, wanted by the service and started
+//!   the moment that partition appears: dracut's initqueue, which the
+//!   service waits for (`dracut-pre-mount.service`), then ends at once
+//!   instead of when udev has probed every other device;
 //! - a drop-in for that device: `immuboot.timeout` bounds the wait.
 //!
 //! What to write is pure ([`plan`]) and tested; [`write`] only puts it on
@@ -25,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 /// The service of the dracut module (installed by module-setup.sh).
 pub const SERVICE: &str = "immuboot-initrd.service";
+/// The module's unit that tells dracut's initqueue to look again once the
+/// image partition is there (installed by module-setup.sh).
+pub const INITQUEUE_WAKE: &str = "immuboot-initqueue-wake.service";
 /// Where dracut installs the module's units in the initrd.
 pub const UNIT_DIR: &str = "/usr/lib/systemd/system";
 
@@ -114,6 +121,20 @@ pub fn plan(cfg: &InitConfig) -> Vec<Output> {
                  # The partition holding the image ({mode} boot). Wanted, not\n\
                  # required: if it never appears, the service says so and the\n\
                  # machine reboots into the boot loader's fallback.\n\
+                 [Unit]\n\
+                 Wants={device}\n\
+                 After={device}\n"
+            ),
+        },
+        Output::Symlink {
+            path: PathBuf::from(format!("{SERVICE}.wants")).join(INITQUEUE_WAKE),
+            target: PathBuf::from(UNIT_DIR).join(INITQUEUE_WAKE),
+        },
+        Output::File {
+            path: PathBuf::from(format!("{INITQUEUE_WAKE}.d")).join("50-image-partition.conf"),
+            content: format!(
+                "{header}\
+                 # Started when the partition holding the image appears.\n\
                  [Unit]\n\
                  Wants={device}\n\
                  After={device}\n"
@@ -241,6 +262,18 @@ mod tests {
             path: "initrd-root-fs.target.requires/immuboot-initrd.service".into(),
             target: "/usr/lib/systemd/system/immuboot-initrd.service".into(),
         }));
+        // dracut's initqueue is told to look again when that partition
+        // appears, not when udev has gone through every device.
+        assert!(out.contains(&Output::Symlink {
+            path: "immuboot-initrd.service.wants/immuboot-initqueue-wake.service".into(),
+            target: "/usr/lib/systemd/system/immuboot-initqueue-wake.service".into(),
+        }));
+        let wake = file(
+            &out,
+            "immuboot-initqueue-wake.service.d/50-image-partition.conf",
+        );
+        assert!(wake.contains("After=dev-disk-by\\x2dlabel-COS_STATE.device"));
+        assert!(wake.contains("Wants=dev-disk-by\\x2dlabel-COS_STATE.device"));
     }
 
     #[test]
@@ -252,6 +285,14 @@ mod tests {
         assert!(
             wants.contains("Wants=dev-disk-by\\x2duuid-1f2e\\x2da.device"),
             "{wants}"
+        );
+        let wake = file(
+            &out,
+            "immuboot-initqueue-wake.service.d/50-image-partition.conf",
+        );
+        assert!(
+            wake.contains("After=dev-disk-by\\x2duuid-1f2e\\x2da.device"),
+            "{wake}"
         );
         // Recovery lives on its own partition: waited for by label.
         let out = plan(&cfg(

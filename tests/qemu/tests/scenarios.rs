@@ -2032,6 +2032,16 @@ fn same_boot_in(config: &str, kind: &str, fallbacks: Fallbacks) -> Result<()> {
             "journalctl -b -o cat -u immuboot-initrd.service | grep -c 'Finished' || true",
         )?;
         ensure!(svc.trim() != "0", "immuboot-initrd.service did not finish");
+        // The initqueue wake-up ran when the partition appeared and
+        // succeeded, on both dracut generations (sh, rm, the hook dir).
+        let wake = vm.run_ok(
+            "journalctl -b -o cat -u immuboot-initqueue-wake.service | grep -c '^Finished' || true",
+        )?;
+        ensure!(
+            wake.trim() != "0",
+            "immuboot-initqueue-wake.service did not run or failed:\n{}",
+            vm.run_ok("journalctl -b -o cat -u immuboot-initqueue-wake.service")?
+        );
     }
     let dmesg = vm.run_ok("dmesg")?;
     let phase = initramfs_phase(&dmesg)
