@@ -1142,3 +1142,92 @@ fn a_registry_image_through_a_mirror_is_the_same_image_as_pulled_directly() {
     assert_eq!(std::fs::read(sb.env()).unwrap(), env);
     assert_eq!(slot_files(&sb, "b"), files);
 }
+
+/// Runs immuboot with `IMMUBOOT_PAUSE_AT=point` and kills it once it says it
+/// paused there: a crash at that point, the file system as the process
+/// left it.
+fn crash_at(sb: &Sandbox, point: &str, args: &[&str]) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_immuboot"))
+        .arg("--facts-dir")
+        .arg(sb.dir.join("facts"))
+        .arg("--state-dir")
+        .arg(state_dir(sb))
+        .args(args)
+        .env("IMMUBOOT_PAUSE_AT", point)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains(&format!("paused at checkpoint {point}")) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("immuboot {args:?} ended without pausing at {point}:\n{said}");
+}
+
+/// A crash between the recovery image's rename and the recording of its
+/// digest lists left the new image beside the old image's digests:
+/// `verify` then called the recovery image corrupted, and `reset` from
+/// recovery refused it as a source (its digest list did not match), the
+/// one way back for a machine whose slots are broken, until the recovery
+/// upgrade was rerun from a booting slot. The old digests go before the
+/// rename.
+#[test]
+fn a_crash_after_the_recovery_image_is_renamed_leaves_no_stale_digest() {
+    let sb = Sandbox::new("up-recovery-crash", Some("a"));
+    installed(&sb);
+    let recovery = sb.dir.join("recovery");
+    std::fs::create_dir_all(&recovery).unwrap();
+    let rec = recovery.to_str().unwrap();
+    let old = squashfs(&sb.dir, "5");
+    let out = sb.ok(&[
+        "upgrade",
+        "--recovery",
+        "--recovery-dir",
+        rec,
+        old.to_str().unwrap(),
+    ]);
+    assert!(out.contains("recovery written"), "{out}");
+    let new = squashfs(&sb.dir, "6");
+    crash_at(
+        &sb,
+        "renamed",
+        &[
+            "upgrade",
+            "--recovery",
+            "--recovery-dir",
+            rec,
+            new.to_str().unwrap(),
+        ],
+    );
+    let image = recovery.join("cOS/recovery.img");
+    assert_eq!(sha256(&image), sha256(&new));
+    let list = recovery.join("cOS/recovery.img.sha256");
+    if let Ok(text) = std::fs::read_to_string(&list) {
+        assert!(
+            text.contains(&sha256(&new)),
+            "the new recovery image beside another image's digest list:\n{text}"
+        );
+    }
+    // From recovery, reset takes that image as its source.
+    let mut facts = Sandbox::facts(None);
+    facts.recovery_mount = Some(rec.to_string());
+    sb.write_facts(&facts);
+    let out = sb.ok(&["reset"]);
+    assert!(out.contains("reset done"), "{out}");
+    let cos = state_dir(&sb).join("cOS");
+    assert_eq!(sha256(&cos.join("a.img")), sha256(&new));
+}

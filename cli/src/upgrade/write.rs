@@ -191,7 +191,14 @@ pub fn prepare_image(
 impl Prepared {
     /// Step 4: renames the verified image into its place, replacing the old
     /// one. Until this returns Ok the old image is intact.
+    ///
+    /// The old image's digest lists are removed first, durably: a crash
+    /// after the rename must not leave the new image beside them, where
+    /// `verify` would call it corrupted and `reset` would refuse the
+    /// recovery image as its source. Until [`Renamed::record`] the image
+    /// has no digest list, which readers report as not recorded.
     pub fn rename(self) -> Result<Renamed> {
+        self.forget_old_digests()?;
         std::fs::rename(&self.tmp, &self.image).with_context(|| {
             format!(
                 "cannot rename {} to {}",
@@ -201,6 +208,31 @@ impl Prepared {
         })?;
         checkpoint("renamed");
         Ok(Renamed(self))
+    }
+
+    fn forget_old_digests(&self) -> Result<()> {
+        let image = self.image.display().to_string();
+        let mut removed = false;
+        for list in [
+            digest::image_digest_path(&image),
+            digest::boot_digest_path(&image),
+        ] {
+            match std::fs::remove_file(&list) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("cannot remove {list}")))
+                }
+            }
+        }
+        if removed {
+            let dir = self
+                .image
+                .parent()
+                .with_context(|| format!("{} has no directory", self.image.display()))?;
+            fsutil::fsync_dir(dir)?;
+        }
+        Ok(())
     }
 
     /// [`Prepared::rename`] and [`Renamed::record`]: where no boot state
