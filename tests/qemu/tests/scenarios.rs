@@ -1561,6 +1561,116 @@ fn s29b_power_cuts_in_rollback_and_mark_good() -> Result<()> {
     )
 }
 
+/// Where CI cuts `immuboot upgrade --recovery` and `immuboot reset`: the
+/// image renamed over the old one, its directory not fsynced yet.
+/// `cargo xtask test --full` cuts at every point of the write, and `reset`
+/// also inside its first boot-state commit (both slots taken out of
+/// service).
+const RECOVERY_CUTS_SAMPLE: &[&str] = &["renamed"];
+const RECOVERY_CUTS: &[&str] = &["write-50", "written", "verified", "renamed", "synced"];
+const RESET_CUTS: &[&str] = &[
+    "written",
+    "verified",
+    "state-backup-saved",
+    "state-saved",
+    "renamed",
+    "synced",
+];
+
+/// `immuboot upgrade --recovery` and `immuboot reset` cut by a power cut.
+/// The recovery upgrade: every next boot is the active slot, marked good
+/// (the slots are not touched), and the recovery entry still boots (the
+/// old image or the new one, never a torn one). `reset`, run from
+/// recovery: every next boot lands on recovery or on a slot, without a
+/// person (before the reset takes the slots out of service they still
+/// boot; after, recovery does), with both copies of the boot state equal
+/// and no temporary left; a rerun of `reset` then succeeds and slot a
+/// boots the recovery's image, and so does a rerun of the recovery upgrade.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s32_power_cuts_in_the_recovery_upgrade_and_in_reset() -> Result<()> {
+    let name = "s32-power-cut-recovery";
+    let mut m = Machine::new(name)?.with_payload().for_power_cuts();
+    let mut vm = boot(&mut m)?;
+    let mut outcomes = Vec::new();
+    for point in sampled(RECOVERY_CUTS, RECOVERY_CUTS_SAMPLE) {
+        wait_marked_good(&mut vm)?;
+        mount_payload(&mut vm)?;
+        let command = format!("immuboot upgrade --recovery {PAYLOAD}/v3.img");
+        vm.send(&format!("IMMUBOOT_PAUSE_AT={point} {command}\n"))?;
+        let cut = cut_at_pause(vm, point, &command, Duration::from_secs(300))?;
+        let after = boot_after_cut(&mut m, cut)?;
+        vm = after.vm;
+        ensure!(
+            (after.mode.as_str(), after.slot.as_str()) == ("active", "a")
+                && after.status.contains("slot a:       good"),
+            "after a power cut in `{command}` at {point}: booted {} slot {}:\n{}",
+            after.mode,
+            after.slot,
+            after.status
+        );
+        state_settled(&mut vm, &format!("in `{command}` at {point}"))?;
+        outcomes.push(json!({
+            "command": "upgrade --recovery", "point": point,
+            "booted": format!("{} {}", after.mode, after.slot),
+            "seconds_to_a_completed_boot": after.seconds,
+        }));
+    }
+    // The recovery entry boots what the cuts left.
+    vm.run_ok("immuboot next-boot recovery")?;
+    vm.reboot()?;
+    vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)?.0 == "recovery");
+    let recovery_version = image_version(&mut vm)?;
+    println!("recovery runs image version {recovery_version} after the cuts");
+    // reset, cut at each point; after a cut that left the slots in
+    // service, back to recovery for the next one.
+    for point in sampled(RESET_CUTS, RESET_CUTS_SAMPLE) {
+        let command = "immuboot reset";
+        vm.send(&format!("IMMUBOOT_PAUSE_AT={point} {command}\n"))?;
+        let cut = cut_at_pause(vm, point, command, Duration::from_secs(300))?;
+        vm = boot(&mut m)?;
+        let (mode, slot) = booted(&mut vm)?;
+        ensure!(
+            mode == "recovery" || mode == "active",
+            "after a power cut in `{command}` at {point}: booted {mode} {slot}"
+        );
+        state_settled(&mut vm, &format!("in `{command}` at {point}"))?;
+        let listing = vm.run_ok("ls -a1 --color=never /run/initramfs/cos-state/cOS")?;
+        outcomes.push(json!({
+            "command": "reset", "point": point, "booted": format!("{mode} {slot}"),
+            "seconds_to_a_completed_boot": cut.elapsed().as_secs(),
+            "temporaries_left": temporaries(&listing),
+        }));
+        if mode != "recovery" {
+            vm.run_ok("immuboot next-boot recovery")?;
+            vm.reboot()?;
+            vm = boot(&mut m)?;
+            ensure!(booted(&mut vm)?.0 == "recovery");
+        }
+    }
+    // The reruns succeed: reset from recovery, then the recovery upgrade.
+    let out = vm.run_ok("immuboot reset 2>&1")?;
+    ensure!(out.contains("reset done"), "{out}");
+    vm.reboot()?;
+    vm = boot(&mut m)?;
+    ensure!(booted(&mut vm)? == ("active".into(), "a".into()));
+    ensure!(image_version(&mut vm)? == recovery_version);
+    state_settled(&mut vm, "after the rerun of reset")?;
+    mount_payload(&mut vm)?;
+    let out = upgrade(&mut vm, &format!("--recovery {PAYLOAD}/v3.img"))?;
+    ensure!(out.contains("recovery written"), "{out}");
+    println!("power cuts in the recovery upgrade and reset:");
+    for o in &outcomes {
+        println!("  {o}");
+    }
+    record_result(name, json!({"points": outcomes}))?;
+    Ok(())
+}
+
+/// `RESET_CUTS` with `--full`, else CI's sample.
+const RESET_CUTS_SAMPLE: &[&str] = &["renamed"];
+
 /// Writes the file `inner` of the squashfs `image` to `dest`.
 fn extract_from_image(image: &std::path::Path, inner: &str, dest: &std::path::Path) -> Result<()> {
     let out = std::process::Command::new("unsquashfs")
