@@ -218,6 +218,17 @@ fn leftovers_of_an_interrupted_upgrade_are_removed() {
     assert!(!cos.join(".upgrade-99").exists());
 }
 
+/// `immuboot upgrade --recovery --recovery-dir DIR IMAGE`'s arguments.
+fn recovery_upgrade<'a>(dir: &'a str, image: &'a Path) -> [&'a str; 5] {
+    [
+        "upgrade",
+        "--recovery",
+        "--recovery-dir",
+        dir,
+        image.to_str().unwrap(),
+    ]
+}
+
 #[test]
 fn recovery_image_is_never_written_from_recovery_and_slots_are_reset() {
     let sb = Sandbox::new("up-reset", None);
@@ -225,13 +236,7 @@ fn recovery_image_is_never_written_from_recovery_and_slots_are_reset() {
     let img = squashfs(&sb.dir, "7");
     let recovery = sb.dir.join("recovery");
     std::fs::create_dir_all(&recovery).unwrap();
-    let (ok, out) = sb.run(&[
-        "upgrade",
-        "--recovery",
-        "--recovery-dir",
-        recovery.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
+    let (ok, out) = sb.run(&recovery_upgrade(recovery.to_str().unwrap(), &img));
     assert!(!ok && out.contains("while running from it"), "{out}");
     let out = sb.ok(&["reset", img.to_str().unwrap(), "--tries", "2"]);
     assert!(out.contains("reset done"), "{out}");
@@ -628,13 +633,7 @@ fn a_rewritten_recovery_image_clears_the_failure_verify_recorded() {
     assert!(!ok, "{out}");
     assert!(status(&sb).contains("recovery:     CORRUPTED"), "{out}");
     let img = squashfs(&sb.dir, "6");
-    let out = sb.ok(&[
-        "upgrade",
-        "--recovery",
-        "--recovery-dir",
-        rec,
-        img.to_str().unwrap(),
-    ]);
+    let out = sb.ok(&recovery_upgrade(rec, &img));
     assert!(out.contains("recorded failure is cleared"), "{out}");
     let st = status(&sb);
     assert!(
@@ -1193,26 +1192,10 @@ fn a_crash_after_the_recovery_image_is_renamed_leaves_no_stale_digest() {
     std::fs::create_dir_all(&recovery).unwrap();
     let rec = recovery.to_str().unwrap();
     let old = squashfs(&sb.dir, "5");
-    let out = sb.ok(&[
-        "upgrade",
-        "--recovery",
-        "--recovery-dir",
-        rec,
-        old.to_str().unwrap(),
-    ]);
+    let out = sb.ok(&recovery_upgrade(rec, &old));
     assert!(out.contains("recovery written"), "{out}");
     let new = squashfs(&sb.dir, "6");
-    crash_at(
-        &sb,
-        "renamed",
-        &[
-            "upgrade",
-            "--recovery",
-            "--recovery-dir",
-            rec,
-            new.to_str().unwrap(),
-        ],
-    );
+    crash_at(&sb, "renamed", &recovery_upgrade(rec, &new));
     let image = recovery.join("cOS/recovery.img");
     assert_eq!(sha256(&image), sha256(&new));
     let list = recovery.join("cOS/recovery.img.sha256");

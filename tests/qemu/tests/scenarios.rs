@@ -1568,6 +1568,7 @@ fn s29b_power_cuts_in_rollback_and_mark_good() -> Result<()> {
 /// service).
 const RECOVERY_CUTS_SAMPLE: &[&str] = &["renamed"];
 const RECOVERY_CUTS: &[&str] = &["write-50", "written", "verified", "renamed", "synced"];
+const RESET_CUTS_SAMPLE: &[&str] = &["renamed"];
 const RESET_CUTS: &[&str] = &[
     "written",
     "verified",
@@ -1576,6 +1577,15 @@ const RESET_CUTS: &[&str] = &[
     "renamed",
     "synced",
 ];
+
+/// One-shot recovery, a reboot, and the boot that follows: recovery.
+fn reboot_into_recovery(m: &mut Machine, mut vm: Vm) -> Result<Vm> {
+    vm.run_ok("immuboot next-boot recovery")?;
+    vm.reboot()?;
+    let mut vm = boot(m)?;
+    ensure!(booted(&mut vm)?.0 == "recovery");
+    Ok(vm)
+}
 
 /// `immuboot upgrade --recovery` and `immuboot reset` cut by a power cut.
 /// The recovery upgrade: every next boot is the active slot, marked good
@@ -1617,10 +1627,7 @@ fn s32_power_cuts_in_the_recovery_upgrade_and_in_reset() -> Result<()> {
         }));
     }
     // The recovery entry boots what the cuts left.
-    vm.run_ok("immuboot next-boot recovery")?;
-    vm.reboot()?;
-    vm = boot(&mut m)?;
-    ensure!(booted(&mut vm)?.0 == "recovery");
+    vm = reboot_into_recovery(&mut m, vm)?;
     let recovery_version = image_version(&mut vm)?;
     println!("recovery runs image version {recovery_version} after the cuts");
     // reset, cut at each point; after a cut that left the slots in
@@ -1643,10 +1650,7 @@ fn s32_power_cuts_in_the_recovery_upgrade_and_in_reset() -> Result<()> {
             "temporaries_left": temporaries(&listing),
         }));
         if mode != "recovery" {
-            vm.run_ok("immuboot next-boot recovery")?;
-            vm.reboot()?;
-            vm = boot(&mut m)?;
-            ensure!(booted(&mut vm)?.0 == "recovery");
+            vm = reboot_into_recovery(&mut m, vm)?;
         }
     }
     // The reruns succeed: reset from recovery, then the recovery upgrade.
@@ -1667,9 +1671,6 @@ fn s32_power_cuts_in_the_recovery_upgrade_and_in_reset() -> Result<()> {
     record_result(name, json!({"points": outcomes}))?;
     Ok(())
 }
-
-/// `RESET_CUTS` with `--full`, else CI's sample.
-const RESET_CUTS_SAMPLE: &[&str] = &["renamed"];
 
 /// Writes the file `inner` of the squashfs `image` to `dest`.
 fn extract_from_image(image: &std::path::Path, inner: &str, dest: &std::path::Path) -> Result<()> {
