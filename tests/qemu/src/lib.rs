@@ -623,18 +623,29 @@ impl Vm {
         Ok(())
     }
 
-    /// Opens GRUB's hidden menu the way a person does: Esc, sent from when
-    /// GRUB says it starts until the menu is drawn (a key that comes too
-    /// early is still read: the serial port keeps it).
+    /// Opens GRUB's hidden menu the way a person does: Esc tapped from when
+    /// the firmware starts GRUB until the menu is drawn (GRUB waits a second
+    /// for it, see image/grub/grub.cfg). Not earlier: Esc during the
+    /// firmware's own start opens the firmware's setup.
     pub fn open_boot_menu(&mut self) -> Result<()> {
-        self.expect("press Esc for the boot menu", Duration::from_secs(180))?;
-        for _ in 0..100 {
+        self.expect(
+            r"BdsDxe: starting Boot|Welcome to GRUB!",
+            Duration::from_secs(180),
+        )?;
+        // The menu's entry, or GRUB booting it without the menu (its
+        // "Booting `immuboot: active ...'" line contains the entry's title).
+        let menu_or_boot = r"(Booting .)?\*?immuboot: active \(slot";
+        for _ in 0..400 {
             self.send("\x1b")?;
-            if self
-                .expect(r"\*?immuboot: active \(slot", Duration::from_millis(300))
-                .is_ok()
-            {
-                return Ok(());
+            if let Ok(caps) = self.expect(menu_or_boot, Duration::from_millis(50)) {
+                if caps[1].is_empty() {
+                    return Ok(());
+                }
+                bail!(
+                    "GRUB booted without opening its menu on Esc; console log {}:\n{}",
+                    self.log.display(),
+                    self.tail()
+                );
             }
         }
         bail!(
