@@ -143,6 +143,7 @@ fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stam
         .file(&root.join("image/initramfs-modules"))?
         .file(&root.join("image/systemd/immuboot-mark-good.service"))?
         .file(&root.join("image/systemd/immuboot-watchdog.conf"))?
+        .file(&root.join("image/systemd/udevd-after-login.conf"))?
         .file(&root.join("image/systemd/immuboot-verify.service"))?
         .file(&root.join("image/systemd/immuboot-verify.timer"))?
         .file(&root.join("image/systemd/immuboot-upgrade.service"))?
@@ -796,6 +797,13 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     fs::copy(
         workspace_root().join("image/systemd/immuboot-watchdog.conf"),
         conf.join("immuboot-watchdog.conf"),
+    )?;
+    // udev's coldplug yields the CPU to the boot until it has finished.
+    let dropins = root.join("etc/systemd/system/systemd-udevd.service.d");
+    fs::create_dir_all(&dropins)?;
+    fs::copy(
+        workspace_root().join("image/systemd/udevd-after-login.conf"),
+        dropins.join("immuboot-after-login.conf"),
     )?;
     // Boot assessment: health checks, then mark-good, after boot-complete.target.
     let unit = "immuboot-mark-good.service";

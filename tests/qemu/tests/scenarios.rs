@@ -574,9 +574,11 @@ fn s12_manual_menu_choice_keeps_counters_working() -> Result<()> {
 
 const PAYLOAD: &str = "/run/payload";
 
+/// Mounts the payload disk; its by-label link may come after the login
+/// prompt (udev's coldplug yields the CPU during the boot).
 fn mount_payload(vm: &mut Vm) -> Result<()> {
     vm.run_ok(&format!(
-        "mkdir -p {PAYLOAD} && (mountpoint -q {PAYLOAD} || mount -o ro /dev/disk/by-label/IMMUBOOT_TEST {PAYLOAD})"
+        "mkdir -p {PAYLOAD} && (mountpoint -q {PAYLOAD} || (udevadm wait --timeout=180 /dev/disk/by-label/IMMUBOOT_TEST && mount -o ro /dev/disk/by-label/IMMUBOOT_TEST {PAYLOAD}))"
     ))?;
     Ok(())
 }
