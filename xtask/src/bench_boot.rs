@@ -118,7 +118,7 @@ const PHASES: &[(&str, &str)] = &[
     ("grub_check_s", "GRUB: checking kernel + initramfs digests"),
     (
         "grub_other_s",
-        "GRUB: boot state, loading kernel + initramfs",
+        "GRUB: Esc wait, boot state, loading kernel + initramfs, kernel unpacking itself",
     ),
     ("kernel_s", "kernel until \"Run /init\" (kernel clock)"),
     (

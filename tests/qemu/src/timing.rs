@@ -46,7 +46,9 @@ pub struct BootPhases {
     pub firmware_s: Option<f64>,
     /// GRUB checking the slot's kernel and initramfs against their digests.
     pub grub_check_s: Option<f64>,
-    /// GRUB's other work: the boot state, loading kernel and initramfs.
+    /// GRUB's other work, up to the kernel's first line: the one-second wait
+    /// for Esc, the boot state, loading kernel and initramfs, and the
+    /// kernel's decompression of itself (before its clock starts).
     pub grub_other_s: Option<f64>,
     /// Kernel clock: start → "Run /init".
     pub kernel_s: Option<f64>,
