@@ -62,6 +62,15 @@ const MASKED_UNITS: &[&str] = &[
     // there is nothing to remount, and the service sat on the way to the
     // login prompt (1.6 s under TCG, before sysusers and udev).
     "systemd-remount-fs.service",
+    // Early module loads (a modprobe run each, before sysinit.target) for
+    // what is either loaded already or loaded on first use: loop by the
+    // init (the root file system is on a loop device), device-mapper when
+    // a tool opens /dev/mapper/control (kmod-static-nodes creates it).
+    // Measured on the instruction counter, one boot each: the getty
+    // started 0.19 s sooner, the prompt came 0.3 s sooner. fuse and
+    // configfs keep theirs: their mounts need the module loaded first.
+    "modprobe@loop.service",
+    "modprobe@dm_mod.service",
 ];
 
 /// Generators that have nothing to do on an image-based system, each an
