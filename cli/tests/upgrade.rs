@@ -511,18 +511,27 @@ fn a_reset_from_a_refused_source_changes_nothing() {
     }
 }
 
-/// Runs immuboot with stdout and stderr on pipes whose readers are gone
-/// (`immuboot upgrade --json SRC | head -1`, a closed terminal): every write
-/// fails with EPIPE.
-fn run_with_closed_output(sb: &Sandbox, args: &[&str]) -> std::process::ExitStatus {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_immuboot"))
+/// immuboot with the sandbox's facts and state directories and `args`,
+/// stdin closed: for the tests that start it themselves (to close its
+/// output, or to kill it).
+fn immuboot_command(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_immuboot"));
+    command
         .arg("--facts-dir")
         .arg(sb.dir.join("facts"))
         .arg("--state-dir")
         .arg(state_dir(sb))
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs immuboot with stdout and stderr on pipes whose readers are gone
+/// (`immuboot upgrade --json SRC | head -1`, a closed terminal): every write
+/// fails with EPIPE.
+fn run_with_closed_output(sb: &Sandbox, args: &[&str]) -> std::process::ExitStatus {
+    use std::process::Stdio;
+    let mut child = immuboot_command(sb, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1148,14 +1157,8 @@ fn a_registry_image_through_a_mirror_is_the_same_image_as_pulled_directly() {
 fn crash_at(sb: &Sandbox, point: &str, args: &[&str]) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_immuboot"))
-        .arg("--facts-dir")
-        .arg(sb.dir.join("facts"))
-        .arg("--state-dir")
-        .arg(state_dir(sb))
-        .args(args)
+    let mut child = immuboot_command(sb, args)
         .env("IMMUBOOT_PAUSE_AT", point)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

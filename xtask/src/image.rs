@@ -801,18 +801,16 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     }
     // systemd takes over the watchdog the init armed: a hung PID 1 resets
     // the machine, and the boot counters fall back.
-    let conf = root.join("etc/systemd/system.conf.d");
-    fs::create_dir_all(&conf)?;
-    fs::copy(
-        workspace_root().join("image/systemd/immuboot-watchdog.conf"),
-        conf.join("immuboot-watchdog.conf"),
+    install_conf(
+        root,
+        "immuboot-watchdog.conf",
+        "etc/systemd/system.conf.d/immuboot-watchdog.conf",
     )?;
     // udev's coldplug yields the CPU to the boot until it has finished.
-    let dropins = root.join("etc/systemd/system/systemd-udevd.service.d");
-    fs::create_dir_all(&dropins)?;
-    fs::copy(
-        workspace_root().join("image/systemd/udevd-after-login.conf"),
-        dropins.join("immuboot-after-login.conf"),
+    install_conf(
+        root,
+        "udevd-after-login.conf",
+        "etc/systemd/system/systemd-udevd.service.d/immuboot-after-login.conf",
     )?;
     // Boot assessment: health checks, then mark-good, after boot-complete.target.
     let unit = "immuboot-mark-good.service";
@@ -854,6 +852,17 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
     mark_updated(root)?;
     Ok(kver)
+}
+
+/// Copies `image/systemd/NAME` to `dest` in the root (a configuration
+/// directory or a unit's drop-in directory, created if missing).
+fn install_conf(root: &Path, name: &str, dest: &str) -> Result<()> {
+    let dest = root.join(dest);
+    if let Some(dir) = dest.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::copy(workspace_root().join("image/systemd").join(name), &dest)?;
+    Ok(())
 }
 
 /// Records in `/etc/.updated` and `/var/.updated` that the image's /etc and
