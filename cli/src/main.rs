@@ -255,8 +255,8 @@ pub(crate) struct WriteOptions {
     /// present).
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
-    /// gzip level (1 fastest … 9 smallest) for a directory or OCI image
-    /// squashed here [default: 6].
+    /// lzo compression level (1 fastest … 9 smallest) for a directory or
+    /// OCI image squashed here [default: 5].
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(1..=9))]
     compression_level: Option<u8>,
     /// Where an OCI image is unpacked before it is squashed.

@@ -65,7 +65,7 @@ pub struct Request {
     pub work_dir: PathBuf,
     /// Digest the squashfs must have (default: SOURCE.sha256 if present).
     pub expected_sha256: Option<String>,
-    /// gzip level for images squashed here (default 6).
+    /// lzo level for images squashed here (default 5).
     pub compression_level: Option<u8>,
 }
 

@@ -744,23 +744,34 @@ impl Drop for Vm {
     }
 }
 
-/// Where `file`'s first data block starts in the squashfs `image`, for
-/// an image compressed with gzip (zlib streams): the zlib stream whose
-/// first 4 KiB decompress to the file's first 4 KiB. The file must be
-/// larger than a block, so its start is not in a shared fragment.
-pub fn squashfs_block_of(image: &[u8], file: &[u8]) -> Option<usize> {
-    use std::io::Read;
-    let want = &file[..file.len().min(4096)];
-    let mut got = vec![0u8; want.len()];
-    (0..image.len().saturating_sub(2)).find(|&at| {
-        // A zlib header: deflate, 32 KiB window, check bits valid.
-        let (cmf, flg) = (image[at], image[at + 1]);
-        if cmf != 0x78 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
-            return false;
+/// The first file of the squashfs `image` whose path (as in the image:
+/// `/usr/lib/...`) satisfies `wanted` and that has a data block of its
+/// own: its path and the offset of that block in the image, read from the
+/// image's inode table (backhand), whatever the image's compression. A file
+/// smaller than a block lives only in a shared fragment and is skipped.
+pub fn squashfs_first_block(
+    image: &Path,
+    wanted: impl Fn(&Path) -> bool,
+) -> Result<Option<(PathBuf, u64)>> {
+    use backhand::{FilesystemReader, InnerNode, SquashfsFileReader};
+    let file =
+        std::fs::File::open(image).with_context(|| format!("cannot open {}", image.display()))?;
+    let fs = FilesystemReader::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| anyhow::anyhow!("cannot read the squashfs {}: {e}", image.display()))?;
+    for node in fs.files() {
+        let InnerNode::File(f) = &node.inner else {
+            continue;
+        };
+        if f.block_sizes().is_empty() || !wanted(&node.fullpath) {
+            continue;
         }
-        let mut z = flate2::read::ZlibDecoder::new(&image[at..]);
-        z.read_exact(&mut got).is_ok() && got == want
-    })
+        let start = match f {
+            SquashfsFileReader::Basic(b) => u64::from(b.blocks_start),
+            SquashfsFileReader::Extended(e) => e.blocks_start,
+        };
+        return Ok(Some((node.fullpath.clone(), start)));
+    }
+    Ok(None)
 }
 
 /// The kernel's timestamp of a log line (`[    1.234567] ...`), also when
@@ -877,23 +888,50 @@ impl Drop for Registry {
 mod tests {
     use super::*;
 
+    /// A squashfs made by mksquashfs with lzo metadata and uncompressed
+    /// data: the block found must hold the file's first bytes.
     #[test]
-    fn finds_the_compressed_block_that_holds_a_file() {
-        use std::io::Write;
-        let file: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-        z.write_all(&file[..131072]).unwrap();
-        let block = z.finish().unwrap();
-        // Another zlib stream first, then random-looking bytes.
-        let mut other = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-        other.write_all(&[1u8; 9000]).unwrap();
-        let mut image = other.finish().unwrap();
-        image.extend((0..5000u32).map(|i| (i * 31 % 256) as u8));
-        let at = image.len();
-        image.extend(&block);
-        image.extend([0x78, 0xda, 0, 0]);
-        assert_eq!(squashfs_block_of(&image, &file), Some(at));
-        assert_eq!(squashfs_block_of(&image, &[9u8; 5000]), None);
+    fn finds_the_first_data_block_of_a_file() {
+        let dir = std::env::temp_dir().join(format!("immuboot-sqfs-{}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(root.join("usr/lib/libbig-1.so"), &big).unwrap();
+        std::fs::write(root.join("usr/lib/small"), b"tail only").unwrap();
+        let image = dir.join("test.sqfs");
+        let status = std::process::Command::new("mksquashfs")
+            .arg(&root)
+            .arg(&image)
+            .args([
+                "-comp",
+                "lzo",
+                "-noD",
+                "-noF",
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("mksquashfs (squashfs-tools) runs");
+        assert!(status.success());
+        let bytes = std::fs::read(&image).unwrap();
+        let (path, at) = squashfs_first_block(&image, |p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libbig-"))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(path, Path::new("/usr/lib/libbig-1.so"));
+        let at = at as usize;
+        assert_eq!(&bytes[at..at + 4096], &big[..4096]);
+        // A file in a fragment only, and no file at all: nothing.
+        assert_eq!(
+            squashfs_first_block(&image, |p| p.ends_with("small")).unwrap(),
+            None
+        );
+        assert_eq!(squashfs_first_block(&image, |_| false).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
