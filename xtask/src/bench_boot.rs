@@ -34,7 +34,7 @@ use crate::rootfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
 use immuboot_qemu_tests::timing::{boot_phases, getty_guest_phases, median, BootPhases};
-use immuboot_qemu_tests::{qemu_args, Machine, Vm, ICOUNT_ENV, OVMF_VARS};
+use immuboot_qemu_tests::{qemu_args, started_firmware_vars, Machine, Vm, ICOUNT_ENV};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -474,7 +474,7 @@ fn direct_boot_args(
     append: &str,
 ) -> Result<Vec<String>> {
     let vars = dir.join("OVMF_VARS.fd");
-    fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
+    fs::copy(started_firmware_vars(disk, format)?, &vars)?;
     let mut args = qemu_args(disk, format, &vars, false);
     if read_only {
         let drive = format!("file={}", disk.display());
