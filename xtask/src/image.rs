@@ -811,6 +811,7 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         "udevd-after-login.conf",
         "etc/systemd/system/systemd-udevd.service.d/immuboot-after-login.conf",
     )?;
+    serial_console_getty(root)?;
     // Boot assessment: health checks, then mark-good, after boot-complete.target.
     let unit = "immuboot-mark-good.service";
     fs::copy(
@@ -851,6 +852,66 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
     mark_updated(root)?;
     Ok(kver)
+}
+
+/// The kernel's serial console in the demo image (GRUB's `console=`).
+const SERIAL_CONSOLE: &str = "ttyS0";
+
+/// Writes the getty of the serial console as a unit of its own: the
+/// distribution's `serial-getty@.service` without its binding to the tty's
+/// device unit. That unit appears only when udev has handled the tty in its
+/// coldplug, which yields the CPU during the boot (udevd-after-login.conf),
+/// so the login prompt waited for udev's share of the CPU. A tty the kernel
+/// writes its console to exists before userspace starts; the binding is for
+/// ttys that come and go (USB adapters), which keep the template.
+/// Measured on the instruction counter, one boot each: the getty started
+/// 0.21 s sooner (11.79 against 12.00 s after the kernel started).
+fn serial_console_getty(root: &Path) -> Result<()> {
+    let template = root.join("usr/lib/systemd/system/serial-getty@.service");
+    let text =
+        fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
+    let unit =
+        without_device_binding(&text).with_context(|| format!("in {}", template.display()))?;
+    fs::write(
+        root.join(format!(
+            "etc/systemd/system/serial-getty@{SERIAL_CONSOLE}.service"
+        )),
+        format!(
+            "# The distribution's serial-getty@.service for the kernel's console, without\n\
+             # the wait for its device unit (written by the immuboot demo image build).\n{unit}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// `serial-getty@.service` without `BindsTo=dev-%i.device` and without
+/// `dev-%i.device` in its `After=` lines. Errors if there is no such
+/// binding: the distribution's unit changed and needs a new look.
+fn without_device_binding(unit: &str) -> Result<String> {
+    const DEVICE: &str = "dev-%i.device";
+    if !unit
+        .lines()
+        .any(|l| l.trim() == format!("BindsTo={DEVICE}"))
+    {
+        bail!("no BindsTo={DEVICE} line: the unit is not the one this build knows");
+    }
+    let mut out = String::new();
+    for line in unit.lines() {
+        let trimmed = line.trim();
+        if trimmed == format!("BindsTo={DEVICE}") {
+            continue;
+        }
+        if let Some(units) = trimmed.strip_prefix("After=") {
+            let rest: Vec<&str> = units.split_whitespace().filter(|u| *u != DEVICE).collect();
+            if !rest.is_empty() {
+                out.push_str(&format!("After={}\n", rest.join(" ")));
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Copies `image/systemd/NAME` to `dest` in the root (a configuration
@@ -923,6 +984,25 @@ pub fn grub_efi(out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_console_getty_loses_only_its_device_binding() {
+        let unit = "[Unit]\nDescription=Serial Getty on %I\nBindsTo=dev-%i.device\n\
+                    After=dev-%i.device systemd-user-sessions.service getty-pre.target\n\
+                    After=rc-local.service\n\n[Service]\nExecStart=-/sbin/agetty - $TERM\n";
+        assert_eq!(
+            super::without_device_binding(unit).unwrap(),
+            "[Unit]\nDescription=Serial Getty on %I\n\
+             After=systemd-user-sessions.service getty-pre.target\n\
+             After=rc-local.service\n\n[Service]\nExecStart=-/sbin/agetty - $TERM\n"
+        );
+        let only_device = "[Unit]\nBindsTo=dev-%i.device\nAfter=dev-%i.device\n";
+        assert_eq!(
+            super::without_device_binding(only_device).unwrap(),
+            "[Unit]\n"
+        );
+        assert!(super::without_device_binding("[Unit]\nAfter=dev-%i.device\n").is_err());
+    }
+
     use super::*;
 
     #[test]
