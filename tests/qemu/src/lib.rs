@@ -187,7 +187,7 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
 /// read-only), cut when the firmware starts the boot loader. An installed
 /// machine finds its variables written at every power-on; only its very
 /// first start writes them, and under TCG that start reached the boot
-/// loader 0.8-1.0 s later (measured: README, "Measured"). Made once per
+/// loader 0.9-1.0 s later (measured: README, "Measured"). Made once per
 /// artifacts directory, again when the template is newer (an upgraded
 /// ovmf package).
 pub fn started_firmware_vars(disk: &Path, format: &str) -> Result<PathBuf> {
