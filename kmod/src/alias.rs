@@ -6,33 +6,39 @@ use std::path::Path;
 
 /// Shell-style pattern match as used in modules.alias: `*`, `?` and
 /// `[...]` classes (with `!` or `^` negation and ranges).
+///
+/// Compares bytes: modaliases and the patterns of modules.alias are ASCII.
+/// The init matches every device against every alias each time a driver
+/// has loaded; collecting each string into a `Vec<char>` first made that
+/// 170 ns a call on the host (3.9 ms for the 54 devices and 431 aliases of
+/// the demo VM) and a large share of the init's CPU under TCG.
 pub fn fnmatch(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
     // Iterative matcher with backtracking to the last `*`.
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         if pi < p.len() {
             match p[pi] {
-                '*' => {
+                b'*' => {
                     star = Some((pi, ti));
                     pi += 1;
                     continue;
                 }
-                '?' => {
+                b'?' => {
                     pi += 1;
                     ti += 1;
                     continue;
                 }
-                '[' => {
-                    if let Some((matched, next)) = class(&p, pi, t[ti]) {
+                b'[' => {
+                    if let Some((matched, next)) = class(p, pi, t[ti]) {
                         if matched {
                             pi = next;
                             ti += 1;
                             continue;
                         }
-                    } else if t[ti] == '[' {
+                    } else if t[ti] == b'[' {
                         pi += 1;
                         ti += 1;
                         continue;
@@ -55,22 +61,22 @@ pub fn fnmatch(pattern: &str, text: &str) -> bool {
             None => return false,
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 /// Matches `c` against the class starting at `p[start] == '['`; returns
 /// whether it matched and the index after the class, or None if unclosed.
-fn class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    let negate = matches!(p.get(i), Some(b'!') | Some(b'^'));
     if negate {
         i += 1;
     }
     let mut matched = false;
     let mut first = true;
-    while i < p.len() && (p[i] != ']' || first) {
+    while i < p.len() && (p[i] != b']' || first) {
         first = false;
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
             matched |= p[i] <= c && c <= p[i + 2];
             i += 3;
         } else {
