@@ -34,7 +34,9 @@ use crate::rootfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
 use immuboot_qemu_tests::timing::{boot_phases, getty_guest_phases, median, BootPhases};
-use immuboot_qemu_tests::{qemu_args, started_firmware_vars, Machine, Vm, ICOUNT_ENV};
+use immuboot_qemu_tests::{
+    attach_read_only, qemu_args, started_firmware_vars, Machine, Vm, ICOUNT_ENV,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -477,10 +479,7 @@ fn direct_boot_args(
     fs::copy(started_firmware_vars(disk, format)?, &vars)?;
     let mut args = qemu_args(disk, format, &vars, false);
     if read_only {
-        let drive = format!("file={}", disk.display());
-        for a in args.iter_mut().filter(|a| a.starts_with(&drive)) {
-            a.push_str(",readonly=on");
-        }
+        attach_read_only(&mut args, disk);
     }
     args.extend([
         "-kernel".into(),

@@ -889,27 +889,25 @@ fn serial_console_getty(root: &Path) -> Result<()> {
 /// binding: the distribution's unit changed and needs a new look.
 fn without_device_binding(unit: &str) -> Result<String> {
     const DEVICE: &str = "dev-%i.device";
-    if !unit
-        .lines()
-        .any(|l| l.trim() == format!("BindsTo={DEVICE}"))
-    {
-        bail!("no BindsTo={DEVICE} line: the unit is not the one this build knows");
-    }
+    let binding = format!("BindsTo={DEVICE}");
+    let mut bound = false;
     let mut out = String::new();
     for line in unit.lines() {
         let trimmed = line.trim();
-        if trimmed == format!("BindsTo={DEVICE}") {
-            continue;
-        }
-        if let Some(units) = trimmed.strip_prefix("After=") {
+        if trimmed == binding {
+            bound = true;
+        } else if let Some(units) = trimmed.strip_prefix("After=") {
             let rest: Vec<&str> = units.split_whitespace().filter(|u| *u != DEVICE).collect();
             if !rest.is_empty() {
                 out.push_str(&format!("After={}\n", rest.join(" ")));
             }
-            continue;
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
-        out.push_str(line);
-        out.push('\n');
+    }
+    if !bound {
+        bail!("no {binding} line: the unit is not the one this build knows");
     }
     Ok(out)
 }
@@ -984,26 +982,23 @@ pub fn grub_efi(out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_console_getty_loses_only_its_device_binding() {
         let unit = "[Unit]\nDescription=Serial Getty on %I\nBindsTo=dev-%i.device\n\
                     After=dev-%i.device systemd-user-sessions.service getty-pre.target\n\
                     After=rc-local.service\n\n[Service]\nExecStart=-/sbin/agetty - $TERM\n";
         assert_eq!(
-            super::without_device_binding(unit).unwrap(),
+            without_device_binding(unit).unwrap(),
             "[Unit]\nDescription=Serial Getty on %I\n\
              After=systemd-user-sessions.service getty-pre.target\n\
              After=rc-local.service\n\n[Service]\nExecStart=-/sbin/agetty - $TERM\n"
         );
         let only_device = "[Unit]\nBindsTo=dev-%i.device\nAfter=dev-%i.device\n";
-        assert_eq!(
-            super::without_device_binding(only_device).unwrap(),
-            "[Unit]\n"
-        );
-        assert!(super::without_device_binding("[Unit]\nAfter=dev-%i.device\n").is_err());
+        assert_eq!(without_device_binding(only_device).unwrap(), "[Unit]\n");
+        assert!(without_device_binding("[Unit]\nAfter=dev-%i.device\n").is_err());
     }
-
-    use super::*;
 
     #[test]
     fn distro_from_os_release() {

@@ -182,6 +182,15 @@ pub fn qemu_args(disk: &Path, disk_format: &str, vars: &Path, interactive: bool)
     args
 }
 
+/// Makes `disk`'s `-drive` in `args` (from [`qemu_args`]) read-only: for
+/// an image that must stay as it is.
+pub fn attach_read_only(args: &mut [String], disk: &Path) {
+    let drive = format!("file={},", disk.display());
+    for a in args.iter_mut().filter(|a| a.starts_with(&drive)) {
+        a.push_str(",readonly=on");
+    }
+}
+
 /// UEFI variables of a machine whose firmware has started before: OVMF's
 /// template after one start of the firmware on `disk` (of `format`, attached
 /// read-only), cut when the firmware starts the boot loader. An installed
@@ -212,10 +221,7 @@ pub fn started_firmware_vars(disk: &Path, format: &str) -> Result<PathBuf> {
     let fresh = dir.join(format!("OVMF_VARS.{start}.tmp"));
     std::fs::copy(OVMF_VARS, &fresh).with_context(|| format!("{OVMF_VARS} (package ovmf)"))?;
     let mut args = qemu_args(disk, format, &fresh, false);
-    let drive = format!("file={},", disk.display());
-    for a in args.iter_mut().filter(|a| a.starts_with(&drive)) {
-        a.push_str(",readonly=on");
-    }
+    attach_read_only(&mut args, disk);
     let log = dir.join(format!("first-start.{start}.log"));
     let mut vm = Vm::start(&args, &log)?;
     vm.expect(r"BdsDxe: starting Boot", Duration::from_secs(300))
