@@ -342,7 +342,7 @@ fn boot_plain_root(b: &mut Boot, cfg: &InitConfig) -> ! {
                 .get(label)
                 .with_context(|| format!("no partition labelled {label}"))
         } else if spec.starts_with("/dev/") {
-            probe::probe(Path::new(&spec))
+            probe::probe(Path::new(&spec), probe::Probers::All)
                 .with_context(|| format!("root={spec}: no file system found"))
         } else {
             bail!("rd.cos.disable needs root=LABEL=... or root=/dev/...; got root={spec:?}")
