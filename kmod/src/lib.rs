@@ -7,12 +7,14 @@ mod decompress;
 mod index;
 mod list;
 mod loader;
+mod uevent;
 
 pub use alias::{fnmatch, present_modaliases, AliasIndex};
 pub use decompress::{decompress, decompress_bounded, MAX_MODULE_BYTES};
 pub use index::{modules_dir, read_index, ModuleIndex, Planned};
 pub use list::ModuleList;
 pub use loader::{load_now, Decision, Gate, Loader, Report};
+pub use uevent::{added_modalias, Lost, Uevents};
 
 /// A module's name as the kernel knows it: file name without `.ko*`, with
 /// `-` turned into `_`.

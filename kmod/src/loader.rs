@@ -6,6 +6,7 @@ use crate::decompress::decompress;
 use crate::index::{read_index, ModuleIndex, Planned};
 use crate::list::ModuleList;
 use crate::module_name;
+use crate::uevent::Uevents;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::path::Path;
@@ -180,10 +181,12 @@ fn pick<'a>(
 
 /// Loads, for the devices present, the `[hardware]` modules whose alias
 /// matches them. Each module loads in its own thread, so one slow probe
-/// does not hold up another driver; whenever a load finishes the devices
-/// are scanned again, since loading can make new devices appear (a PCI
-/// virtio controller brings virtio devices). The `[hardware-if-needed]`
-/// modules (`later`) start only when the [`Gate`] says so.
+/// does not hold up another driver. Loading can make new devices appear (a
+/// PCI virtio controller brings virtio devices): sysfs is read once, and
+/// the devices added later come from the kernel's uevents (sysfs is read
+/// again only where those are not to be had, or some were lost). The
+/// `[hardware-if-needed]` modules (`later`) start only when the [`Gate`]
+/// says so.
 fn coldplug(
     dir: &Path,
     index: &Arc<ModuleIndex>,
@@ -195,10 +198,15 @@ fn coldplug(
     let mut tried: HashSet<String> = HashSet::new();
     let mut running: Vec<std::thread::JoinHandle<Report>> = Vec::new();
     let mut later_allowed = later.is_empty();
+    // Opened before sysfs is read, so no device added after the read is missed.
+    let events = Uevents::open()
+        .map_err(|e| log::debug!("no uevents ({e}): sysfs is read after each driver load"))
+        .ok();
+    let mut present = present_modaliases(Path::new("/sys/bus"));
     loop {
         let mut deferred = false;
-        for modalias in present_modaliases(Path::new("/sys/bus")) {
-            let wanted = aliases.modules_for(&modalias);
+        for modalias in &present {
+            let wanted = aliases.modules_for(modalias);
             let (start, waiting) = pick(wanted.iter().copied(), first, later, later_allowed);
             deferred |= waiting;
             for m in start {
@@ -253,7 +261,20 @@ fn coldplug(
                 Err(_) => report.errors.push("a module loading thread failed".into()),
             }
         }
+        present = match events.as_ref().map(Uevents::added_modaliases) {
+            Some(Ok(added)) => merged(present, added),
+            _ => present_modaliases(Path::new("/sys/bus")),
+        };
     }
+}
+
+/// The modaliases known so far and those of devices added since, sorted,
+/// each once.
+fn merged(mut present: Vec<String>, added: Vec<String>) -> Vec<String> {
+    present.extend(added);
+    present.sort();
+    present.dedup();
+    present
 }
 
 /// Modules loading in the background: a thread per `[always]` module (with
@@ -364,6 +385,15 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn devices_added_join_those_known_once() {
+        let known = names(&["pci:a", "virtio:b"]);
+        assert_eq!(
+            merged(known, names(&["acpi:c", "virtio:b"])),
+            names(&["acpi:c", "pci:a", "virtio:b"])
+        );
     }
 
     #[test]
