@@ -97,9 +97,9 @@ const MASKED_GENERATORS: &[&str] = &[
 /// is not in the image (an image that adds one keeps the generator). The
 /// command-line forms (`luks.uuid=`, `systemd.verity_*`) then have no
 /// effect; the image's own GRUB configuration writes the command line.
-/// Measured on the instruction counter, two boots each, masking these three
-/// and systemd-run-generator: generators 0.280 s against 0.427 s, the serial
-/// getty started 0.15 s sooner.
+/// Measured on the instruction counter, two boots each: systemd's
+/// generators took 0.318 s against 0.427 s, and the serial getty started
+/// 9.91 s after the kernel instead of 10.00-10.04 s.
 const GENERATORS_OF_TABLES: &[(&str, &str)] = &[
     ("systemd-cryptsetup-generator", "etc/crypttab"),
     ("systemd-integritysetup-generator", "etc/integritytab"),
