@@ -49,8 +49,8 @@ fn is_ignored(name: &str) -> bool {
 /// them, so a mirror half is never mounted on its own). Each of the other
 /// 70-odd probers of libblkid reads its own places of the device: a full
 /// probe took 47 reads and 1 MiB (ZFS alone reads four 256 KiB labels),
-/// this one 19 reads and 10 KiB; under QEMU's TCG 6-42 ms a partition
-/// against 6-18 ms.
+/// this one 19 reads and 10 KiB; under QEMU's TCG 6-18 ms a partition
+/// against 19-42 ms.
 pub const LABELLED_TYPES: &[&str] = &[
     "ext2",
     "ext3",
