@@ -477,27 +477,11 @@ mod tests {
 
     /// An 8 MiB ext4 file system in a file, made by mkfs.ext4.
     fn mkfs_ext4(img: &Path, label: &str) {
-        // mkfs.ext4 is a declared host dependency (e2fsprogs, xtask/src/host.rs):
-        // its absence is a broken host, not a reason to test nothing.
         std::fs::File::create(img)
             .unwrap()
             .set_len(8 << 20)
             .unwrap();
-        let status = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-L", label])
-            .arg(img)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run mkfs.ext4 ({e}): install e2fsprogs, a host dependency \
-                     (`cargo xtask deps`)"
-                )
-            });
-        assert!(
-            status.success(),
-            "mkfs.ext4 {} failed: {status}",
-            img.display()
-        );
+        run_tool("mkfs.ext4", &["-q", "-L", label, img.to_str().unwrap()]);
     }
 
     /// The search by label sees the file systems of our partitions (here
