@@ -412,19 +412,8 @@ fn ext4_uuid(disk: &Path, offset: u64) -> Result<String> {
     if sb[0x38..0x3a] != [0x53, 0xef] {
         bail!("no ext4 superblock at {offset} of {}", disk.display());
     }
-    Ok(format_uuid(&sb[0x68..0x78]))
-}
-
-fn format_uuid(b: &[u8]) -> String {
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let uuid: [u8; 16] = sb[0x68..0x78].try_into()?;
+    Ok(uuid::Uuid::from_bytes(uuid).hyphenated().to_string())
 }
 
 /// The harness's name of a configuration ("" for the default).
