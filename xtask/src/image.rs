@@ -107,12 +107,16 @@ const GENERATORS_OF_TABLES: &[(&str, &str)] = &[
 ];
 
 /// The generators of [`GENERATORS_OF_TABLES`] whose table `root` lacks.
-fn generators_without_tables(root: &Path) -> Vec<&'static str> {
-    GENERATORS_OF_TABLES
-        .iter()
-        .filter(|(_, table)| !root.join(table).exists())
-        .map(|(generator, _)| *generator)
-        .collect()
+/// Paths are resolved inside the image ([`resolve_in_root`]): a table that
+/// is a link counts as there, and no link leads to the build host's /etc.
+fn generators_without_tables(root: &Path) -> Result<Vec<&'static str>> {
+    let mut without = Vec::new();
+    for (generator, table) in GENERATORS_OF_TABLES {
+        if fs::symlink_metadata(resolve_in_root(root, table)?).is_err() {
+            without.push(*generator);
+        }
+    }
+    Ok(without)
 }
 
 /// Kernel modules udev would load for the VM's hardware that an appliance
@@ -802,7 +806,7 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     )?;
     mask(
         &root.join("etc/systemd/system-generators"),
-        &generators_without_tables(root),
+        &generators_without_tables(root)?,
     )?;
     let modprobe = root.join("etc/modprobe.d");
     fs::create_dir_all(&modprobe)?;
@@ -1035,7 +1039,7 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("etc")).unwrap();
         assert_eq!(
-            generators_without_tables(&root),
+            generators_without_tables(&root).unwrap(),
             [
                 "systemd-cryptsetup-generator",
                 "systemd-integritysetup-generator",
@@ -1043,12 +1047,12 @@ mod tests {
             ]
         );
         fs::write(root.join("etc/crypttab"), "data UUID=1234 none luks\n").unwrap();
+        // A link to a table elsewhere in the image counts; its target is
+        // not looked for on the build host.
+        symlink("/etc/veritytab.d/root", root.join("etc/veritytab")).unwrap();
         assert_eq!(
-            generators_without_tables(&root),
-            [
-                "systemd-integritysetup-generator",
-                "systemd-veritysetup-generator"
-            ]
+            generators_without_tables(&root).unwrap(),
+            ["systemd-integritysetup-generator"]
         );
         fs::remove_dir_all(&root).unwrap();
     }
