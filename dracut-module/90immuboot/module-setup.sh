@@ -34,8 +34,6 @@ install() {
     ln_r /usr/lib/immuboot/immuboot-init "${systemdutildir}/system-generators/immuboot-generator"
     inst_simple "$moddir/immuboot-initrd.service" "${systemdsystemunitdir}/immuboot-initrd.service"
     inst_simple "$moddir/immuboot-initqueue-wake.service" "${systemdsystemunitdir}/immuboot-initqueue-wake.service"
-    # The fatal path asks systemd for the reboot. (The initqueue wake-up
-    # uses /bin/sh and rm, which dracut's base module installs: the module
-    # keeps the distribution's choice of shell.)
+    # The fatal path asks systemd for the reboot.
     inst_multiple systemctl
 }

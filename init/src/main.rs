@@ -4,14 +4,17 @@
 //! - as `immuboot-generator NORMAL EARLY LATE` (a link by that name, in
 //!   dracut's initrd): writes the units that make systemd run the boot;
 //! - as `immuboot-init --dracut` (`immuboot-initrd.service`): the same boot
-//!   inside dracut's initrd, where systemd switches root.
+//!   inside dracut's initrd, where systemd switches root;
+//! - as `immuboot-init --wake-initqueue` (`immuboot-initqueue-wake.service`):
+//!   makes dracut's initqueue look again once the image partition is there.
 #![forbid(unsafe_code)]
 
 use immuboot_init::{boot, fatal, generator, logger};
 
 const USAGE: &str = "immuboot-init is the init of the immuboot initramfs (PID 1, no arguments); \
-in a dracut initramfs it runs as `immuboot-init --dracut` (immuboot-initrd.service) and as \
-immuboot-generator (a systemd generator)";
+in a dracut initramfs it runs as `immuboot-init --dracut` (immuboot-initrd.service), as \
+`immuboot-init --wake-initqueue` (immuboot-initqueue-wake.service) and as immuboot-generator \
+(a systemd generator)";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -26,6 +29,18 @@ fn main() {
         // errors can be read.
         logger::attach_kmsg();
         std::process::exit(generator::main(&args[1..]));
+    }
+    if args.len() == 2 && args[1] == "--wake-initqueue" && std::process::id() != 1 {
+        let woken = generator::wake_initqueue(
+            std::path::Path::new(generator::INITQUEUE_DIR),
+            std::path::Path::new(generator::UDEV_RUN_DIR),
+        );
+        if let Err(e) = woken {
+            // The service's output goes to the journal and the console.
+            eprintln!("immuboot: cannot wake dracut's initqueue: {e:#}");
+            std::process::exit(1);
+        }
+        return;
     }
     let in_initrd = match (std::process::id(), &args[1..]) {
         (1, []) => false,
