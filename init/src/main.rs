@@ -30,21 +30,10 @@ fn main() {
         logger::attach_kmsg();
         std::process::exit(generator::main(&args[1..]));
     }
-    if args.len() == 2 && args[1] == "--wake-initqueue" && std::process::id() != 1 {
-        let woken = generator::wake_initqueue(
-            std::path::Path::new(generator::INITQUEUE_DIR),
-            std::path::Path::new(generator::UDEV_RUN_DIR),
-        );
-        if let Err(e) = woken {
-            // The service's output goes to the journal and the console.
-            eprintln!("immuboot: cannot wake dracut's initqueue: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
     let in_initrd = match (std::process::id(), &args[1..]) {
         (1, []) => false,
         (pid, [flag]) if pid != 1 && flag == "--dracut" => true,
+        (pid, [flag]) if pid != 1 && flag == "--wake-initqueue" => wake_initqueue(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -66,4 +55,19 @@ fn main() {
     } else {
         boot::run()
     }
+}
+
+/// `immuboot-init --wake-initqueue` (immuboot-initqueue-wake.service). Not
+/// the boot: a failure exits with an error, never the fatal path's reboot.
+fn wake_initqueue() -> ! {
+    let woken = generator::wake_initqueue(
+        std::path::Path::new(generator::INITQUEUE_DIR),
+        std::path::Path::new(generator::UDEV_RUN_DIR),
+    );
+    if let Err(e) = woken {
+        // The service's output goes to the journal and the console.
+        eprintln!("immuboot: cannot wake dracut's initqueue: {e:#}");
+        std::process::exit(1);
+    }
+    std::process::exit(0)
 }
