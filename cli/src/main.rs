@@ -168,8 +168,9 @@ cOS/auto-upgrade.json on COS_STATE.")]
         #[arg(long)]
         json: bool,
     },
-    /// The systemd generator behind immuboot-upgrade-generator: enables
-    /// immuboot-upgrade.timer with the configured schedule.
+    /// The systemd generator (also run as `immuboot-upgrade-generator`, a
+    /// link to this binary): enables immuboot-upgrade.timer with the
+    /// configured schedule.
     #[command(hide = true)]
     UpgradeGenerator {
         /// systemd's normal generator directory (its early and late
@@ -295,8 +296,27 @@ impl WriteOptions {
     }
 }
 
+/// The name the image's systemd generator runs this binary under (a link
+/// in /usr/lib/systemd/system-generators): the same as `immuboot
+/// upgrade-generator`, without a shell script in between (a process less
+/// before systemd loads its units).
+const UPGRADE_GENERATOR_NAME: &str = "immuboot-upgrade-generator";
+
+/// The arguments as clap reads them: called by the generator's name, the
+/// `upgrade-generator` command comes first.
+fn arguments(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let called_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|name| name == UPGRADE_GENERATOR_NAME);
+    if called_as {
+        args.insert(1, "upgrade-generator".into());
+    }
+    args
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments(std::env::args_os().collect()));
     out::install_logger();
     if let Err(e) = run(cli) {
         errln!("immuboot: error: {e:#}");
@@ -396,5 +416,48 @@ fn run(cli: Cli) -> Result<()> {
             *reboot,
             opts,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_generators_name_runs_the_generator() {
+        let by_link = arguments(args(&[
+            "/usr/lib/systemd/system-generators/immuboot-upgrade-generator",
+            "/run/systemd/generator",
+            "/run/systemd/generator.early",
+            "/run/systemd/generator.late",
+        ]));
+        assert_eq!(by_link[1], "upgrade-generator");
+        let Command::UpgradeGenerator {
+            normal_dir,
+            other_dirs,
+            ..
+        } = Cli::parse_from(by_link).command
+        else {
+            panic!("not the generator");
+        };
+        assert_eq!(normal_dir, PathBuf::from("/run/systemd/generator"));
+        assert_eq!(other_dirs.len(), 2);
+        // Any other name (immuboot itself, a copy elsewhere) reads the
+        // command from the arguments.
+        for argv0 in [
+            "immuboot",
+            "/usr/bin/immuboot",
+            "immuboot-upgrade-generator.sh",
+        ] {
+            assert_eq!(
+                arguments(args(&[argv0, "status"])),
+                args(&[argv0, "status"])
+            );
+        }
     }
 }

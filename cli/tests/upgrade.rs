@@ -954,6 +954,23 @@ fn the_generator_enables_the_timer_only_with_a_valid_config() {
         std::fs::read_link(gen.join("timers.target.wants/immuboot-upgrade.timer")).unwrap(),
         Path::new("/etc/systemd/system/immuboot-upgrade.timer")
     );
+    // The image runs it as a link named immuboot-upgrade-generator, given
+    // systemd's three directories: the same result.
+    let link = sb.dir.join("immuboot-upgrade-generator");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_immuboot"), &link).unwrap();
+    std::fs::remove_dir_all(&gen).unwrap();
+    std::fs::create_dir_all(&gen).unwrap();
+    let by_link = Command::new(&link)
+        .arg(&gen)
+        .args(["/early", "/late", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(by_link.status.success(), "{by_link:?}");
+    assert_eq!(
+        std::fs::read_to_string(gen.join("immuboot-upgrade.timer.d/50-schedule.conf")).unwrap(),
+        dropin
+    );
     std::fs::write(&config, "source: x\nreboot: later\n").unwrap();
     let out = run();
     assert!(out.contains("stay off") && out.contains("reboot"), "{out}");

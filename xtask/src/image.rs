@@ -186,7 +186,6 @@ fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stam
         .file(&root.join("image/systemd/immuboot-verify.timer"))?
         .file(&root.join("image/systemd/immuboot-upgrade.service"))?
         .file(&root.join("image/systemd/immuboot-upgrade.timer"))?
-        .file(&root.join("image/systemd/immuboot-upgrade-generator"))?
         .file(&root.join("xtask/src/image.rs"))?
         .file(&root.join("xtask/src/initramfs.rs"))?;
     match cfg.initramfs {
@@ -877,12 +876,12 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     }
     let generators = root.join("usr/lib/systemd/system-generators");
     fs::create_dir_all(&generators)?;
+    // The CLI itself, told apart by its name (one process; a script
+    // exec'ing it was two). COS_OEM, where its configuration lives, is
+    // mounted before systemd starts.
     let generator = generators.join("immuboot-upgrade-generator");
-    fs::copy(
-        workspace_root().join("image/systemd/immuboot-upgrade-generator"),
-        &generator,
-    )?;
-    fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
+    let _ = fs::remove_file(&generator);
+    symlink("/usr/bin/immuboot", &generator)?;
     mark_updated(root)?;
     Ok(kver)
 }
