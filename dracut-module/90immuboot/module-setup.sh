@@ -19,9 +19,9 @@ depends() {
 installkernel() {
     # The image is a squashfs file on a loop device, /etc an overlay on
     # tmpfs, the partitions ext4 (vfat for the ESP). udev loads the disk
-    # drivers as in any dracut initramfs. immuboot-initrd.service loads the
-    # file systems and loop itself, not modules-load.d: loaded before udev
-    # starts, they held up the disk (measured, see README.md).
+    # drivers as in any dracut initramfs. The init loads the file systems
+    # and loop itself (immuboot-modules), not modules-load.d: loaded before
+    # udev starts, they held up the disk (measured, see README.md).
     hostonly='' instmods squashfs loop overlay ext4 vfat
     # A watchdog guards the hand-over to the new root's systemd: the
     # hardware drivers udev matches, and softdog where there is none.
@@ -30,6 +30,7 @@ installkernel() {
 
 install() {
     inst_simple /usr/lib/immuboot/immuboot-init
+    inst_simple "$moddir/immuboot-modules" /etc/immuboot/modules
     # The generator is the same binary, told apart by its name.
     ln_r /usr/lib/immuboot/immuboot-init "${systemdutildir}/system-generators/immuboot-generator"
     inst_simple "$moddir/immuboot-initrd.service" "${systemdsystemunitdir}/immuboot-initrd.service"

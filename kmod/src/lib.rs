@@ -1,5 +1,6 @@
 //! Loading kernel modules without modprobe: resolve `modules.dep` ourselves,
-//! decompress `.ko.xz`/`.ko.zst`/`.ko.gz` in memory and call init_module.
+//! hand the file to finit_module (the kernel decompresses `.ko.xz` where it
+//! can), else decompress `.ko.xz`/`.ko.zst`/`.ko.gz` in memory for init_module.
 #![forbid(unsafe_code)]
 
 mod alias;

@@ -13,13 +13,53 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Loads one module file; `Ok(false)` if it was loaded already.
+/// `finit_module` flag: the file is compressed, the kernel decompresses it
+/// (Linux 5.17+ built with CONFIG_MODULE_DECOMPRESS, as Debian's 6.12 is).
+const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
+/// Whether a module file is compressed (by its extension, as modules.dep
+/// names it).
+fn is_compressed(rel: &str) -> bool {
+    [".xz", ".zst", ".gz"].iter().any(|ext| rel.ends_with(ext))
+}
+
+/// Whether a failed `finit_module` of a compressed file means the kernel
+/// cannot decompress it (flag unknown before 5.17, no
+/// CONFIG_MODULE_DECOMPRESS, or another compression than the kernel's), so
+/// the file is worth decompressing here. A module that is itself bad fails
+/// the same way again, with the kernel's own answer.
+fn kernel_cannot_decompress(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].contains(&e)
+}
+
+/// Loads one module file; `Ok(false)` if it was loaded already. The kernel
+/// reads the file itself (`finit_module`), and decompresses it where it can:
+/// its decompressor beats one in the init, and no copy of the module passes
+/// through the init's memory. Else the file is decompressed here and handed
+/// over with `init_module`.
 fn load_file(dir: &Path, rel: &str) -> Result<bool> {
     let path = dir.join(rel);
-    let data = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let image =
-        decompress(rel, data).with_context(|| format!("cannot decompress {}", path.display()))?;
-    match rustix::system::init_module(&image, c"") {
+    let file =
+        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let compressed = is_compressed(rel);
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
+    let result = match rustix::system::finit_module(&file, c"", flags) {
+        Err(e) if compressed && kernel_cannot_decompress(e) => {
+            log::debug!("{rel}: the kernel cannot decompress it ({e}); decompressing here");
+            let data =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let image = decompress(rel, data)
+                .with_context(|| format!("cannot decompress {}", path.display()))?;
+            rustix::system::init_module(&image, c"")
+        }
+        other => other,
+    };
+    match result {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => Ok(false),
         Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(rel)))),
@@ -385,6 +425,25 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn compressed_files_go_to_the_kernel_with_the_flag_and_fall_back_here() {
+        assert!(is_compressed("kernel/fs/ext4/ext4.ko.xz"));
+        assert!(is_compressed("kernel/fs/ext4/ext4.ko.zst"));
+        assert!(is_compressed("kernel/fs/ext4/ext4.ko.gz"));
+        assert!(!is_compressed("kernel/fs/ext4/ext4.ko"));
+        use rustix::io::Errno;
+        // Unknown flag (before 5.17), no in-kernel decompression, no
+        // finit_module at all: decompress here.
+        for e in [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS] {
+            assert!(kernel_cannot_decompress(e), "{e}");
+        }
+        // Loaded already, no permission, no memory, a signature refused:
+        // the kernel's answer stands.
+        for e in [Errno::EXIST, Errno::PERM, Errno::NOMEM, Errno::KEYREJECTED] {
+            assert!(!kernel_cannot_decompress(e), "{e}");
+        }
     }
 
     #[test]

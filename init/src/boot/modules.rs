@@ -164,4 +164,38 @@ mod tests {
         }
         assert_eq!(on_demand_modules("vfat").len(), 3);
     }
+
+    /// In dracut's initramfs the init loads the dracut module's list: what
+    /// the layout mounts needs, each module put in by module-setup.sh (a
+    /// module left out fails at boot, not here).
+    #[test]
+    fn the_dracut_modules_list_is_what_the_layout_needs_and_is_installed() {
+        let list = kmod::ModuleList::parse(include_str!(
+            "../../../dracut-module/90immuboot/immuboot-modules"
+        ))
+        .unwrap();
+        for needed in ["ext4", "loop", "squashfs", "overlay"] {
+            assert!(list.always.iter().any(|m| m == needed), "{needed}");
+        }
+        assert!(list.hardware.is_empty() && list.hardware_if_needed.is_empty());
+        let setup = include_str!("../../../dracut-module/90immuboot/module-setup.sh");
+        let installed: Vec<&str> = setup
+            .lines()
+            .filter(|l| l.trim_start().starts_with("hostonly='' instmods "))
+            .flat_map(|l| l.split_whitespace().skip(2))
+            .collect();
+        for name in list
+            .all()
+            .iter()
+            .map(String::as_str)
+            .chain(["vfat", "softdog"])
+        {
+            assert!(
+                installed.contains(&name),
+                "{name} is not installed: {installed:?}"
+            );
+        }
+        assert!(setup.contains("\"$moddir/immuboot-modules\" /etc/immuboot/modules"));
+        assert_eq!(MODULE_LIST, "/etc/immuboot/modules");
+    }
 }
