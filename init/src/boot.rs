@@ -178,9 +178,9 @@ pub fn run() -> ! {
 
 /// The same boot inside a distribution's dracut initramfs, run by
 /// `immuboot-initrd.service` (systemd in the initrd). systemd has mounted
-/// the API file systems, loaded the drivers (udev; the layout's file systems
-/// and loop are the init's, from the module's list) and waited for the image's partition
-/// (`immuboot-generator`); this prepares
+/// the API file systems, loaded the drivers (udev; the layout's file
+/// systems and loop are the init's, from the module's list) and waited for
+/// the image's partition (`immuboot-generator`); this prepares
 /// /sysroot and exits, and systemd switches root. Returns only on success;
 /// a failure takes the fatal path (a reboot asked of systemd, or its
 /// emergency shell with immuboot.shell).
@@ -207,8 +207,8 @@ pub fn run_in_initrd() {
         log::info!("rd.cos.disable: leaving root= to dracut and systemd");
         return;
     }
-    // The layout's file systems and loop (the module's list), in this
-    // process: a modprobe run cost more than the loads.
+    // The layout's file systems and loop (the module's list), with the
+    // standalone init's loader: a failed load is reported in the facts.
     b.step("start loading kernel modules", |b| modules::start(b, &cfg));
     // systemd waited for the image's partition up to immuboot.timeout after
     // the kernel started (immuboot-generator); only what is left of it

@@ -34,10 +34,10 @@ fn kernel_cannot_decompress(e: rustix::io::Errno) -> bool {
 }
 
 /// Loads one module file; `Ok(false)` if it was loaded already. The kernel
-/// reads the file itself (`finit_module`), and decompresses it where it can:
-/// its decompressor beats one in the init, and no copy of the module passes
-/// through the init's memory. Else the file is decompressed here and handed
-/// over with `init_module`.
+/// reads the file itself (`finit_module`), and decompresses it where it can
+/// (lzma-rs in the init took 2.4 s of a trixie boot under TCG; no copy of
+/// the module passes through the init's memory either). Else the file is
+/// decompressed here and handed over with `init_module`.
 fn load_file(dir: &Path, rel: &str) -> Result<bool> {
     let path = dir.join(rel);
     let file =
