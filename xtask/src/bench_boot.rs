@@ -950,6 +950,7 @@ pub fn configs(suite: Suite) -> (Config, Config) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     fn summary(variant: &str, initramfs_s: f64, bytes: u64) -> Summary {
         let mut phases: BTreeMap<&'static str, Option<f64>> =
@@ -1007,7 +1008,6 @@ mod tests {
         );
         assert!(!md.contains("squashfs partition"), "{md}");
     }
-    use super::*;
 
     /// The UUID read from the superblock is the one GRUB's `probe --fs-uuid`
     /// prints: the one mkfs.ext4 was given, at the partition's offset.
