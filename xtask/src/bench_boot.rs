@@ -788,7 +788,6 @@ fn extract(image: &Path, inner: &str, dest: &Path) -> Result<()> {
 /// image itself instead of its ext4 file system (the other partitions as
 /// they are), for a plain squashfs root found by the partition's name.
 fn image_in_state_partition(dracut: &Config, out: &Path) -> Result<()> {
-    use std::io::{Seek, SeekFrom};
     let manifest = DiskManifest::load_for(&config_arg(dracut))?;
     let image = dracut.out_dir().join("images/a.img");
     let stamp = Stamp::default()
@@ -798,24 +797,7 @@ fn image_in_state_partition(dracut: &Config, out: &Path) -> Result<()> {
     if stamp.is_current(out) {
         return Ok(());
     }
-    let state = manifest.partition("COS_STATE")?;
-    let image_bytes = fs::metadata(&image)?.len();
-    if image_bytes > state.size {
-        bail!(
-            "{} ({image_bytes} bytes) does not fit in COS_STATE ({} bytes)",
-            image.display(),
-            state.size
-        );
-    }
-    let _ = fs::remove_file(out);
-    run(Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&manifest.disk)
-        .arg(out))?;
-    let mut disk = fs::OpenOptions::new().write(true).open(out)?;
-    disk.seek(SeekFrom::Start(state.offset))?;
-    std::io::copy(&mut fs::File::open(&image)?, &mut disk)?;
-    disk.sync_all()?;
+    immuboot_qemu_tests::image_in_state_partition(&manifest, &image, out)?;
     stamp.record(out)
 }
 

@@ -114,6 +114,41 @@ impl DiskManifest {
     }
 }
 
+/// A sparse copy of `manifest`'s disk at `out` whose COS_STATE partition
+/// holds `image`'s bytes instead of its ext4 file system, the other
+/// partitions as they are: a plain squashfs root found by the partition's
+/// name on the same disk (the yardstick of the dracut module's cost, in the
+/// boot benchmark and in scenario 24).
+pub fn image_in_state_partition(manifest: &DiskManifest, image: &Path, out: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let state = manifest.partition("COS_STATE")?;
+    let image_bytes = std::fs::metadata(image)
+        .with_context(|| format!("{}", image.display()))?
+        .len();
+    if image_bytes > state.size {
+        bail!(
+            "{} ({image_bytes} bytes) does not fit in COS_STATE ({} bytes)",
+            image.display(),
+            state.size
+        );
+    }
+    let _ = std::fs::remove_file(out);
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&manifest.disk)
+        .arg(out)
+        .status()
+        .context("cp")?;
+    if !status.success() {
+        bail!("cp {} {} failed", manifest.disk.display(), out.display());
+    }
+    let mut disk = std::fs::OpenOptions::new().write(true).open(out)?;
+    disk.seek(SeekFrom::Start(state.offset))?;
+    std::io::copy(&mut std::fs::File::open(image)?, &mut disk)?;
+    disk.sync_all()?;
+    Ok(())
+}
+
 /// `IMMUBOOT_QEMU_ICOUNT=SHIFT` runs the guest's CPU on QEMU's instruction
 /// counter (`-icount shift=SHIFT`): the guest clock then advances 2^SHIFT ns
 /// per guest instruction, whatever the host's load, so the kernel clock's
@@ -948,6 +983,53 @@ impl Drop for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The image lands at COS_STATE's offset of a copy; the rest of the
+    /// disk and the disk itself stay as they were; too big an image is
+    /// refused.
+    #[test]
+    fn image_in_state_partition_writes_only_that_partition_of_a_copy() {
+        let dir = std::env::temp_dir().join(format!("immuboot-statepart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("disk.img");
+        std::fs::write(&disk, vec![0xAAu8; 64 * 1024]).unwrap();
+        let manifest = DiskManifest {
+            disk: disk.clone(),
+            partitions: vec![
+                Partition {
+                    label: "COS_OEM".into(),
+                    offset: 4096,
+                    size: 8192,
+                },
+                Partition {
+                    label: "COS_STATE".into(),
+                    offset: 16384,
+                    size: 16384,
+                },
+            ],
+            initramfs_bytes: 0,
+            suite: String::new(),
+            initramfs: String::new(),
+            kernel_release: String::new(),
+        };
+        let image = dir.join("a.img");
+        std::fs::write(&image, vec![0x55u8; 10_000]).unwrap();
+        let out = dir.join("copy.img");
+        image_in_state_partition(&manifest, &image, &out).unwrap();
+        let copy = std::fs::read(&out).unwrap();
+        assert_eq!(copy.len(), 64 * 1024);
+        assert!(copy[..16384].iter().all(|&b| b == 0xAA));
+        assert!(copy[16384..26384].iter().all(|&b| b == 0x55));
+        assert!(copy[26384..].iter().all(|&b| b == 0xAA));
+        assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0xAA));
+        std::fs::write(&image, vec![0x55u8; 16385]).unwrap();
+        let err = image_in_state_partition(&manifest, &image, &out).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("does not fit in COS_STATE"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A squashfs made by mksquashfs with lzo metadata and uncompressed
     /// data: the block found must hold the file's first bytes.

@@ -2344,17 +2344,36 @@ fn s23_dracut_initramfs_on_trixie() -> Result<()> {
     same_boot_in("trixie-dracut", "dracut", Fallbacks::ci(false, true))
 }
 
+/// Where the distribution's own dracut initramfs finds the plain root it
+/// boots in [`plain_dracut_phase`].
+#[derive(Clone, Copy)]
+enum PlainRoot {
+    /// The slot image as a disk of its own (`/dev/vda`): udev has one
+    /// device to look at.
+    BareImage,
+    /// The slot image written into the COS_STATE partition of a copy of
+    /// the configuration's disk (`root=PARTLABEL=COS_STATE`): udev probes
+    /// the same five partitions as in a boot with the module, as it would
+    /// for any distribution's root found by label on such a disk.
+    StatePartition,
+}
+
 /// The distribution's own dracut initramfs, without the immuboot module,
-/// booting a plain root (the slot image as a read-only block device, kernel
-/// and initramfs given to QEMU directly): the yardstick for what the module
-/// adds. Only the initramfs phase on the kernel's clock is compared, so the
-/// missing firmware and GRUB do not matter.
-fn plain_dracut_phase(suite: &str) -> Result<()> {
+/// booting a plain root (kernel and initramfs given to QEMU directly): the
+/// yardstick for what the module adds. Only the initramfs phase on the
+/// kernel's clock is compared, so the missing firmware and GRUB do not
+/// matter.
+fn plain_dracut_phase(suite: &str, root: PlainRoot) -> Result<()> {
     let config = format!("{suite}-dracut");
     let dir = immuboot_qemu_tests::artifacts_dir_for(&config)?;
-    let vm_dir = immuboot_qemu_tests::artifacts_dir()
-        .join("vms")
-        .join(format!("{suite}-dracut-plain"));
+    let (name, what) = match root {
+        PlainRoot::BareImage => (format!("{suite}-dracut-plain"), "plain root"),
+        PlainRoot::StatePartition => (
+            format!("{suite}-dracut-partition"),
+            "the slot image in the COS_STATE partition",
+        ),
+    };
+    let vm_dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(&name);
     if vm_dir.exists() {
         std::fs::remove_dir_all(&vm_dir)?;
     }
@@ -2363,6 +2382,18 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     let kernel = vm_dir.join("vmlinuz");
     extract_from_image(&image, "boot/vmlinuz", &kernel)?;
     let initrd = dir.join("dracut-plain.img");
+    let (disk, root_args) = match root {
+        PlainRoot::BareImage => (image.clone(), "root=/dev/vda rootfstype=squashfs ro"),
+        PlainRoot::StatePartition => {
+            let disk = vm_dir.join("disk.img");
+            immuboot_qemu_tests::image_in_state_partition(
+                &immuboot_qemu_tests::DiskManifest::load_for(&config)?,
+                &image,
+                &disk,
+            )?;
+            (disk, "root=PARTLABEL=COS_STATE rootfstype=squashfs ro")
+        }
+    };
     let args: Vec<String> = immuboot_qemu_tests::tcg_machine_args()
         .into_iter()
         .chain(
@@ -2377,10 +2408,9 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
             "-initrd".into(),
             initrd.display().to_string(),
             "-append".into(),
-            "root=/dev/vda rootfstype=squashfs ro console=ttyS0,115200 printk.devkmsg=on panic=10"
-                .into(),
+            format!("{root_args} console=ttyS0,115200 printk.devkmsg=on panic=10"),
             "-drive".into(),
-            format!("file={},if=virtio,format=raw,readonly=on", image.display()),
+            format!("file={},if=virtio,format=raw,readonly=on", disk.display()),
         ])
         .collect();
     let mut vm = Vm::start(&args, &vm_dir.join("boot1.log"))?;
@@ -2395,10 +2425,15 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
     )?;
     let phase = initramfs_phase(&vm.console())
         .ok_or_else(|| anyhow::anyhow!("no timing lines on the console"))?;
+    drop(vm);
+    if disk != image {
+        // A copy of the whole disk: not kept once booted.
+        std::fs::remove_file(&disk)?;
+    }
     record_result(
-        &format!("initramfs-{suite}-dracut-plain"),
+        &format!("initramfs-{name}"),
         json!({
-            "initramfs": "dracut without immuboot, plain root",
+            "initramfs": format!("dracut without immuboot, {what}"),
             "initramfs_phase_s": (phase * 1000.0).round() / 1000.0,
             "initramfs_bytes": std::fs::metadata(&initrd)?.len(),
         }),
@@ -2409,8 +2444,11 @@ fn plain_dracut_phase(suite: &str) -> Result<()> {
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s24_distribution_dracut_without_immuboot_for_comparison() -> Result<()> {
-    plain_dracut_phase("bookworm")?;
-    plain_dracut_phase("trixie")
+    for suite in ["bookworm", "trixie"] {
+        plain_dracut_phase(suite, PlainRoot::BareImage)?;
+        plain_dracut_phase(suite, PlainRoot::StatePartition)?;
+    }
+    Ok(())
 }
 
 #[test]
