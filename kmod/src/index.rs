@@ -199,22 +199,21 @@ kernel/drivers/virtio/virtio_ring.ko.xz:\n\
 kernel/drivers/virtio/virtio.ko.xz:\n\
 kernel/crypto/crc32c_generic.ko.xz:\n";
 
-    #[test]
-    fn dependencies_come_first_once() {
-        let idx = ModuleIndex::parse(DEP, "kernel/fs/overlayfs/overlay.ko\n");
-        let order: Vec<String> = idx
-            .load_order(&[
-                "ext4".into(),
-                "jbd2".into(),
-                "virtio-blk".into(),
-                "overlay".into(),
-            ])
+    /// The files `load_order` gives for `wanted`, in order.
+    fn load_paths(idx: &ModuleIndex, wanted: &[&str]) -> Vec<String> {
+        let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        idx.load_order(&wanted)
             .unwrap()
             .into_iter()
             .map(|p| p.path)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn dependencies_come_first_once() {
+        let idx = ModuleIndex::parse(DEP, "kernel/fs/overlayfs/overlay.ko\n");
         assert_eq!(
-            order,
+            load_paths(&idx, &["ext4", "jbd2", "virtio-blk", "overlay"]),
             [
                 "kernel/fs/jbd2/jbd2.ko.xz",
                 "kernel/fs/mbcache.ko.xz",
@@ -258,14 +257,8 @@ kernel/crypto/crc32c_generic.ko.xz:\n";
              alias crypto-crc32c  crc32c_generic\n\
              alias  crypto-crc32c virtio\n",
         );
-        let order: Vec<String> = idx
-            .load_order(&["jbd2".into()])
-            .unwrap()
-            .into_iter()
-            .map(|p| p.path)
-            .collect();
         assert_eq!(
-            order,
+            load_paths(&idx, &["jbd2"]),
             [
                 "kernel/crypto/crc32c_generic.ko.xz",
                 "kernel/drivers/virtio/virtio.ko.xz",
