@@ -164,7 +164,8 @@ pub fn run() -> ! {
         Ok(())
     });
     b.step("arm watchdog", |b| {
-        handover::arm_watchdog(b, cfg.watchdog);
+        let options = b.sys.module_options();
+        handover::arm_watchdog(b, cfg.watchdog, &options);
         Ok(())
     });
     b.step("write boot facts", |b| {
@@ -226,7 +227,8 @@ pub fn run_in_initrd() {
         Ok(())
     });
     b.step("arm watchdog", |b| {
-        handover::arm_watchdog(b, cfg.watchdog);
+        let options = b.sys.module_options();
+        handover::arm_watchdog(b, cfg.watchdog, &options);
         Ok(())
     });
     b.step("write boot facts", |b| {

@@ -20,6 +20,7 @@
 //! | `immuboot.verify=trial\|always\|never` | check the image's SHA-256 before switch_root: on a slot's trial boots (default), every boot, or never |
 //! | `immuboot.watchdog=SECONDS` | watchdog timeout armed before switch_root, until systemd takes over (default 60, 0 = off) |
 //! | `init=PATH` | program to run in the new root (default /sbin/init) |
+//! | `MODULE.PARAM=VALUE`, `modprobe.blacklist=A,B`, `module_blacklist=A,B` | module parameters and blacklists, as modprobe applies them (`immuboot_kmod::ModuleOptions`) |
 
 use crate::cmdline::Cmdline;
 use immuboot_assess::{BootRequest, Mode};
@@ -52,6 +53,9 @@ pub struct InitConfig {
     /// Watchdog timeout armed before switch_root; zero leaves it off.
     pub watchdog: Duration,
     pub init: String,
+    /// Every parameter of the command line, for the module parameters and
+    /// blacklists among them (`MODULE.PARAM=VALUE`, as modprobe reads them).
+    pub kernel_params: Vec<(String, Option<String>)>,
     /// Problems with parameters; the boot goes on with defaults.
     pub warnings: Vec<String>,
 }
@@ -75,6 +79,7 @@ impl Default for InitConfig {
             verify: Verify::Trial,
             watchdog: Duration::from_secs(60),
             init: "/sbin/init".into(),
+            kernel_params: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -269,6 +274,7 @@ impl InitConfig {
         if let Some(init) = c.value("init").filter(|v| v.starts_with('/')) {
             cfg.init = init.to_string();
         }
+        cfg.kernel_params = c.params.clone();
         cfg
     }
 
@@ -308,6 +314,20 @@ mod tests {
         assert!(c.shell_on_failure);
         assert!(c.warnings.is_empty());
         assert_eq!(c.image_partition_label(Mode::Passive), "COS_STATE");
+    }
+
+    /// Module parameters on the command line reach the module loader as
+    /// modprobe reads them (quotes removed by the kernel's splitting), and
+    /// warn about nothing: they are the modules', not ours.
+    #[test]
+    fn module_parameters_are_kept_for_the_module_loader() {
+        let c = cfg(r#"loop.max_loop=2 modprobe.blacklist=i6300esb dummy.names="a b" quiet"#);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let mut options = immuboot_kmod::ModuleOptions::default();
+        options.add_kernel_cmdline(&c.kernel_params);
+        assert_eq!(options.params("loop").to_str().unwrap(), "max_loop=2");
+        assert_eq!(options.params("dummy").to_str().unwrap(), r#"names="a b""#);
+        assert!(options.is_blacklisted("i6300esb"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Loading kernel modules without modprobe: resolve `modules.dep` ourselves,
 //! hand the file to finit_module (the kernel decompresses `.ko.xz` where it
-//! can), else decompress `.ko.xz`/`.ko.zst`/`.ko.gz` in memory for init_module.
+//! can), else decompress `.ko.xz`/`.ko.zst`/`.ko.gz` in memory for init_module;
+//! with the parameters and blacklists modprobe would apply (modprobe.d, the
+//! kernel command line).
 #![forbid(unsafe_code)]
 
 mod alias;
@@ -8,6 +10,7 @@ mod decompress;
 mod index;
 mod list;
 mod loader;
+mod options;
 mod uevent;
 
 pub use alias::{fnmatch, present_modaliases, AliasIndex};
@@ -15,6 +18,7 @@ pub use decompress::{decompress, decompress_bounded, MAX_MODULE_BYTES};
 pub use index::{modules_dir, read_index, ModuleIndex, Planned};
 pub use list::ModuleList;
 pub use loader::{load_now, Decision, Gate, Loader, Report};
+pub use options::{conf_files, ModuleOptions, CONF_DIRS};
 pub use uevent::{added_modalias, Lost, Uevents};
 
 /// A module's name as the kernel knows it: file name without `.ko*`, with

@@ -6,6 +6,7 @@ use crate::decompress::decompress;
 use crate::index::{read_index, ModuleIndex, Planned};
 use crate::list::ModuleList;
 use crate::module_name;
+use crate::options::ModuleOptions;
 use crate::uevent::Uevents;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
@@ -33,12 +34,23 @@ fn kernel_cannot_decompress(e: rustix::io::Errno) -> bool {
     [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].contains(&e)
 }
 
-/// Loads one module file; `Ok(false)` if it was loaded already. The kernel
-/// reads the file itself (`finit_module`), and decompresses it where it can
-/// (lzma-rs in the init took 2.4 s of a trixie boot under TCG; no copy of
-/// the module passes through the init's memory either). Else the file is
-/// decompressed here and handed over with `init_module`.
-fn load_file(dir: &Path, rel: &str) -> Result<bool> {
+/// Loads one module file with its parameters; `Ok(false)` if it was loaded
+/// already. The kernel reads the file itself (`finit_module`), and
+/// decompresses it where it can (lzma-rs in the init took 2.4 s of a trixie
+/// boot under TCG; no copy of the module passes through the init's memory
+/// either). Else the file is decompressed here and handed over with
+/// `init_module`.
+fn load_file(dir: &Path, rel: &str, options: &ModuleOptions) -> Result<bool> {
+    let name = module_name(rel);
+    if options.is_refused(&name) {
+        anyhow::bail!(
+            "{name} is not loaded: module_blacklist= on the kernel command line names it"
+        );
+    }
+    let params = options.params(&name);
+    if !params.is_empty() {
+        log::debug!("{name}: parameters {params:?}");
+    }
     let path = dir.join(rel);
     let file =
         std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -48,21 +60,21 @@ fn load_file(dir: &Path, rel: &str) -> Result<bool> {
     } else {
         0
     };
-    let result = match rustix::system::finit_module(&file, c"", flags) {
+    let result = match rustix::system::finit_module(&file, &params, flags) {
         Err(e) if compressed && kernel_cannot_decompress(e) => {
             log::debug!("{rel}: the kernel cannot decompress it ({e}); decompressing here");
             let data =
                 std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let image = decompress(rel, data)
                 .with_context(|| format!("cannot decompress {}", path.display()))?;
-            rustix::system::init_module(&image, c"")
+            rustix::system::init_module(&image, &params)
         }
         other => other,
     };
     match result {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(rel)))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {name}"))),
     }
 }
 
@@ -74,18 +86,18 @@ pub struct Report {
 }
 
 /// Loads `name` and its dependencies now, in this thread.
-pub fn load_now(dir: &Path, name: &str) -> Result<Report> {
+pub fn load_now(dir: &Path, name: &str, options: &ModuleOptions) -> Result<Report> {
     let order = read_index(dir)?.load_order(&[name.to_string()])?;
     let mut report = Report::default();
-    load_chain(dir, &order, &mut report);
+    load_chain(dir, &order, options, &mut report);
     Ok(report)
 }
 
 /// Loads one module with its dependencies, in order; stops at the first
 /// failure of a hard dependency (what depends on it cannot load either).
-fn load_chain(dir: &Path, order: &[Planned], report: &mut Report) {
+fn load_chain(dir: &Path, order: &[Planned], options: &ModuleOptions, report: &mut Report) {
     for p in order {
-        match load_file(dir, &p.path) {
+        match load_file(dir, &p.path, options) {
             Ok(true) => {
                 report.loaded += 1;
                 log::debug!("loaded module {}", module_name(&p.path));
@@ -226,16 +238,19 @@ fn pick<'a>(
 /// the devices added later come from the kernel's uevents (sysfs is read
 /// again only where those are not to be had, or some were lost). The
 /// `[hardware-if-needed]` modules (`later`) start only when the [`Gate`]
-/// says so.
+/// says so. A blacklisted module is not loaded for a device, as modprobe
+/// does for udev.
 fn coldplug(
     dir: &Path,
     index: &Arc<ModuleIndex>,
     aliases: &AliasIndex,
     (first, later): (&[String], &[String]),
     gate: &Gate,
+    options: &Arc<ModuleOptions>,
 ) -> Report {
     let mut report = Report::default();
     let mut tried: HashSet<String> = HashSet::new();
+    let mut blacklisted: HashSet<String> = HashSet::new();
     let mut running: Vec<std::thread::JoinHandle<Report>> = Vec::new();
     let mut later_allowed = later.is_empty();
     // Opened before sysfs is read, so no device added after the read is missed.
@@ -246,8 +261,14 @@ fn coldplug(
     loop {
         let mut deferred = false;
         for modalias in &present {
-            let wanted = aliases.modules_for(modalias);
-            let (start, waiting) = pick(wanted.iter().copied(), first, later, later_allowed);
+            let wanted = aliases.modules_for(modalias).into_iter().filter(|m| {
+                let skip = options.is_blacklisted(m);
+                if skip && blacklisted.insert(m.to_string()) {
+                    log::info!("{m} (for {modalias}) not loaded: blacklisted");
+                }
+                !skip
+            });
+            let (start, waiting) = pick(wanted, first, later, later_allowed);
             deferred |= waiting;
             for m in start {
                 if !tried.insert(m.to_string()) {
@@ -256,10 +277,10 @@ fn coldplug(
                 log::debug!("{modalias} needs {m}");
                 match index.load_order(&[m.to_string()]) {
                     Ok(order) => {
-                        let dir = dir.to_path_buf();
+                        let (dir, options) = (dir.to_path_buf(), options.clone());
                         running.push(std::thread::spawn(move || {
                             let mut r = Report::default();
-                            load_chain(&dir, &order, &mut r);
+                            load_chain(&dir, &order, &options, &mut r);
                             r
                         }));
                     }
@@ -333,7 +354,9 @@ pub struct Loader {
 const COLDPLUG: &str = "(hardware)";
 
 impl Loader {
-    pub fn start(dir: &Path, list: &ModuleList) -> Result<Loader> {
+    /// Starts loading `list`'s modules with the parameters and blacklists
+    /// of `options`.
+    pub fn start(dir: &Path, list: &ModuleList, options: Arc<ModuleOptions>) -> Result<Loader> {
         let index = Arc::new(read_index(dir)?);
         let mut loader = Loader {
             pending: Vec::new(),
@@ -344,9 +367,10 @@ impl Loader {
             let alias_text = std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default();
             let (dir, index, gate) = (dir.to_path_buf(), index.clone(), loader.gate.clone());
             let (first, later) = (list.hardware.clone(), list.hardware_if_needed.clone());
+            let options = options.clone();
             let handle = std::thread::spawn(move || {
                 let aliases = AliasIndex::parse(&alias_text);
-                coldplug(&dir, &index, &aliases, (&first, &later), &gate)
+                coldplug(&dir, &index, &aliases, (&first, &later), &gate, &options)
             });
             loader.pending.push((COLDPLUG.into(), handle));
         }
@@ -358,10 +382,10 @@ impl Loader {
                     continue;
                 }
             };
-            let dir = dir.to_path_buf();
+            let (dir, options) = (dir.to_path_buf(), options.clone());
             let handle = std::thread::spawn(move || {
                 let mut report = Report::default();
-                load_chain(&dir, &order, &mut report);
+                load_chain(&dir, &order, &options, &mut report);
                 report
             });
             loader.pending.push((module_name(name), handle));

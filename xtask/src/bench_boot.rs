@@ -843,16 +843,18 @@ fn busybox_initramfs(standalone: &Config, out: &Path) -> Result<()> {
     let kver = fs::read_to_string(&release_file)
         .with_context(|| format!("cannot read {}", release_file.display()))?;
     let kver = kver.trim();
-    let modules = standalone
-        .out_dir()
-        .join("rootfs/usr/lib/modules")
-        .join(kver);
+    let root = standalone.out_dir().join("rootfs");
     let list = workspace_root().join("image/initramfs-modules");
-    let stamp = Stamp::default()
+    let mut stamp = Stamp::default()
         .file(&script_path)?
         .file(busybox_path)?
         .file(&list)?
         .text(kver);
+    // The same modprobe.d files as immuboot's initramfs (busybox's modprobe
+    // reads those in /etc/modprobe.d).
+    for (path, data) in initramfs::modprobe_conf(&root)? {
+        stamp = stamp.text(&path).text(&String::from_utf8_lossy(&data));
+    }
     if stamp.is_current(out) {
         return Ok(());
     }
@@ -866,7 +868,7 @@ fn busybox_initramfs(standalone: &Config, out: &Path) -> Result<()> {
     initramfs::build_with(
         &script,
         &[("bin/busybox", &busybox)],
-        &modules,
+        &root,
         kver,
         &list,
         out,

@@ -228,7 +228,7 @@ pub fn build(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Images>
         InitramfsKind::Standalone => {
             initramfs::build(
                 init,
-                &root.join("usr/lib/modules").join(&kver),
+                &root,
                 &kver,
                 &workspace_root().join("image/initramfs-modules"),
                 &initrd,

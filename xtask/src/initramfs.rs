@@ -1,9 +1,11 @@
 //! The initramfs: the static init, the kernel modules it loads (with their
-//! dependencies) and nothing else, as a zstd-compressed newc cpio archive.
+//! dependencies), the image's modprobe.d files (their module parameters and
+//! blacklists) and nothing else, as a zstd-compressed newc cpio archive.
 
+use crate::image::resolve_in_root;
 use anyhow::{bail, Context, Result};
-use immuboot_kmod::{decompress, module_name, ModuleIndex, ModuleList};
-use std::collections::BTreeSet;
+use immuboot_kmod::{decompress, module_name, ModuleIndex, ModuleList, CONF_DIRS};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -70,30 +72,65 @@ pub fn module_list(path: &Path) -> Result<ModuleList> {
     ModuleList::parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
-/// Builds the initramfs; returns its compressed size in bytes.
+/// The image's modprobe.d files as modprobe reads them (see
+/// `immuboot_kmod::conf_files`: by name, a name in an earlier directory
+/// hiding the same name in a later one, a link to /dev/null hiding it too),
+/// each as its path in the archive and its contents. Links are followed
+/// inside the image, not on the build host.
+pub fn modprobe_conf(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for dir in CONF_DIRS {
+        let Ok(entries) = std::fs::read_dir(resolve_in_root(root, dir)?) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".conf") && !name.starts_with('.') {
+                first.entry(name.clone()).or_insert(format!("{dir}/{name}"));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for rel in first.into_values() {
+        // The trailing "." makes resolve_in_root follow a link in the last
+        // component too.
+        let path = resolve_in_root(root, &format!("{rel}/."))?;
+        if path.is_file() {
+            let data =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            files.push((rel, data));
+        }
+    }
+    Ok(files)
+}
+
+/// Builds the initramfs for the image staged at `root`; returns its
+/// compressed size in bytes.
 pub fn build(
     init: &Path,
-    modules_dir: &Path,
+    root: &Path,
     kver: &str,
     module_list_file: &Path,
     out: &Path,
 ) -> Result<u64> {
     let init_bytes =
         std::fs::read(init).with_context(|| format!("cannot read {}", init.display()))?;
-    build_with(&init_bytes, &[], modules_dir, kver, module_list_file, out)
+    build_with(&init_bytes, &[], root, kver, module_list_file, out)
 }
 
 /// Builds an initramfs with `init_bytes` as `/init`, the `extra` executables
-/// (path in the archive, contents) and the same kernel modules as
-/// [`build`]; returns its compressed size in bytes.
+/// (path in the archive, contents) and the same kernel modules and
+/// modprobe.d files of the image staged at `root` as [`build`]; returns its
+/// compressed size in bytes.
 pub fn build_with(
     init_bytes: &[u8],
     extra: &[(&str, &[u8])],
-    modules_dir: &Path,
+    root: &Path,
     kver: &str,
     module_list_file: &Path,
     out: &Path,
 ) -> Result<u64> {
+    let modules_dir = &resolve_in_root(root, "usr/lib/modules")?.join(kver);
     let list = module_list(module_list_file)?;
     let wanted = list.all();
     let read = |f: &str| {
@@ -130,6 +167,10 @@ pub fn build_with(
         a.file(path, 0o755, data)?;
     }
     a.file("etc/immuboot/modules", 0o644, list.render().as_bytes())?;
+    let conf = modprobe_conf(root)?;
+    for (path, data) in &conf {
+        a.file(path, 0o644, data)?;
+    }
     // The index files, limited to the modules in the archive.
     let kept: BTreeSet<&str> = files.iter().map(String::as_str).collect();
     let kept_names: BTreeSet<String> = files.iter().map(|f| module_name(f)).collect();
@@ -204,8 +245,9 @@ pub fn build_with(
     }
     std::fs::write(out, &output.stdout)?;
     eprintln!(
-        "    initramfs: {} modules ({decompressed} decompressed at build time), {} bytes compressed",
+        "    initramfs: {} modules ({decompressed} decompressed at build time), {} modprobe.d files, {} bytes compressed",
         files.len(),
+        conf.len(),
         output.stdout.len()
     );
     Ok(output.stdout.len() as u64)

@@ -14,8 +14,9 @@ use std::time::Duration;
 /// Arms a watchdog for the hand-over to systemd: a hardware one if a driver
 /// registered it, else softdog. systemd takes it over (RuntimeWatchdogSec in
 /// the image); if the new root never gets that far, the machine resets and
-/// the boot counters make the next boot fall back.
-pub fn arm_watchdog<S: Syscall>(b: &mut Boot<S>, timeout: Duration) {
+/// the boot counters make the next boot fall back. softdog loads with the
+/// module `options` of the boot.
+pub fn arm_watchdog<S: Syscall>(b: &mut Boot<S>, timeout: Duration, options: &kmod::ModuleOptions) {
     if timeout.is_zero() {
         log::info!("watchdog: off (immuboot.watchdog=0)");
         return;
@@ -23,7 +24,7 @@ pub fn arm_watchdog<S: Syscall>(b: &mut Boot<S>, timeout: Duration) {
     let dev = Path::new("/dev");
     let mut device = watchdog::first_device(dev);
     if device.is_none() {
-        match kmod::modules_dir().and_then(|d| kmod::load_now(&d, "softdog")) {
+        match kmod::modules_dir().and_then(|d| kmod::load_now(&d, "softdog", options)) {
             Ok(report) => {
                 for e in report.errors {
                     b.warn(format!("watchdog: {e}"));

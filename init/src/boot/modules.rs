@@ -11,6 +11,7 @@ use immuboot_mount::syscall::{LinuxSyscall, Syscall};
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Modules the initramfs loads, one name a line (written by the image build).
 pub const MODULE_LIST: &str = "/etc/immuboot/modules";
@@ -21,6 +22,8 @@ pub const MODULE_LIST: &str = "/etc/immuboot/modules";
 pub struct InitSyscall {
     linux: LinuxSyscall,
     modules: RefCell<Option<kmod::Loader>>,
+    /// Module parameters and blacklists (modprobe.d, the command line).
+    options: RefCell<Arc<kmod::ModuleOptions>>,
 }
 
 /// File systems whose modules the initramfs carries but does not load at
@@ -35,11 +38,17 @@ pub fn on_demand_modules(fstype: &str) -> &'static [&'static str] {
 }
 
 impl InitSyscall {
+    /// The parameters and blacklists modules load with.
+    pub fn module_options(&self) -> Arc<kmod::ModuleOptions> {
+        self.options.borrow().clone()
+    }
+
     /// Loads the on-demand modules a mount of `fstype` needs (a COS_OEM
     /// made with vfat, as many installs have it).
     fn load_for_fstype(&self, fstype: &str) {
+        let options = self.module_options();
         for name in on_demand_modules(fstype) {
-            match kmod::modules_dir().and_then(|d| kmod::load_now(&d, name)) {
+            match kmod::modules_dir().and_then(|d| kmod::load_now(&d, name, &options)) {
                 Ok(report) => {
                     for e in report.errors {
                         log::warn!("kernel module for {fstype}: {e}");
@@ -116,8 +125,16 @@ impl Syscall for InitSyscall {
 }
 
 /// Starts loading the initramfs' module list (plus `immuboot.modules=`) in
-/// the background; mounts wait for the module of their file system.
+/// the background, with the parameters and blacklists of the initramfs'
+/// modprobe.d files and the command line; mounts wait for the module of
+/// their file system.
 pub fn start(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
+    let (options, warnings) = kmod::ModuleOptions::read(Path::new("/"), &cfg.kernel_params);
+    for w in warnings {
+        b.warn(format!("module options: {w}"));
+    }
+    let options = Arc::new(options);
+    *b.sys.options.borrow_mut() = options.clone();
     let mut list = match std::fs::read_to_string(MODULE_LIST) {
         Ok(text) => kmod::ModuleList::parse(&text).with_context(|| format!("in {MODULE_LIST}"))?,
         Err(_) => kmod::ModuleList::default(),
@@ -127,7 +144,7 @@ pub fn start(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
         return Ok(());
     }
     let dir = kmod::modules_dir()?;
-    *b.sys.modules.borrow_mut() = Some(kmod::Loader::start(&dir, &list)?);
+    *b.sys.modules.borrow_mut() = Some(kmod::Loader::start(&dir, &list, options)?);
     Ok(())
 }
 

@@ -965,6 +965,45 @@ fn s28_a_vfat_oem_partition_is_mounted_as_oem() -> Result<()> {
     Ok(())
 }
 
+/// Module parameters and blacklists on the kernel command line reach the
+/// modules the init loads, as modprobe applies them: `loop.max_loop=3`
+/// gives loop three devices where the image's modprobe.d file (carried in
+/// the initramfs, scenario 1) says one, since the command line comes last;
+/// `modprobe.blacklist=i6300esb` keeps the init from loading the VM's
+/// hardware watchdog for its device, so the init arms softdog instead.
+#[test]
+#[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
+fn s33_module_parameters_and_blacklist_from_the_command_line() -> Result<()> {
+    let mut m = Machine::new("s33-module-options")?;
+    let image = m.artifacts.join("images/a.img");
+    let (kernel, initrd) = (m.dir.join("vmlinuz"), m.dir.join("initrd.img"));
+    extract_from_image(&image, "boot/vmlinuz", &kernel)?;
+    extract_from_image(&image, "boot/initrd.img", &initrd)?;
+    let mut vm = m.boot_kernel(
+        &kernel,
+        &initrd,
+        "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
+         immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 \
+         loop.max_loop=3 modprobe.blacklist=i6300esb",
+    )?;
+    vm.login()?;
+    let max_loop = vm.run_ok("cat /sys/module/loop/parameters/max_loop")?;
+    ensure!(max_loop.trim() == "3", "loop's max_loop is {max_loop}");
+    let console = vm.console();
+    ensure!(
+        console
+            .lines()
+            .any(|l| l.contains("i6300esb (for pci:") && l.contains("not loaded: blacklisted")),
+        "the init did not say it left the blacklisted watchdog driver out"
+    );
+    let facts = vm.run_ok("cat /run/immuboot/boot.json")?;
+    ensure!(
+        facts.contains("\"watchdog\": \"Software Watchdog, "),
+        "the init did not arm softdog in place of the blacklisted driver:\n{facts}"
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s16_signed_squashfs_upgrade_boots_and_a_tampered_one_is_refused() -> Result<()> {
