@@ -965,30 +965,89 @@ fn s28_a_vfat_oem_partition_is_mounted_as_oem() -> Result<()> {
     Ok(())
 }
 
-/// Module parameters and blacklists on the kernel command line reach the
-/// modules the init loads, as modprobe applies them: `loop.max_loop=3`
-/// gives loop three devices where the image's modprobe.d file (carried in
-/// the initramfs, scenario 1) says one, since the command line comes last;
-/// `modprobe.blacklist=i6300esb` keeps the init from loading the VM's
-/// hardware watchdog for its device, so the init arms softdog instead.
+/// `initrd` with `files` (path in the archive, contents) appended as a
+/// second, uncompressed archive, which the kernel unpacks after the first
+/// (as an early microcode archive is put before one).
+fn initrd_with_files(
+    initrd: &std::path::Path,
+    files: &[(&str, &str)],
+    out: &std::path::Path,
+) -> Result<()> {
+    use std::io::Write;
+    let mut data = std::fs::read(initrd)?;
+    // The kernel skips zeros between archives; a header starts 4-aligned.
+    data.resize(data.len().next_multiple_of(4), 0);
+    let mut ino = 0;
+    let mut entry = |data: &mut Vec<u8>, name: &str, mode: u32, body: &[u8]| -> Result<()> {
+        ino += 1;
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .nlink(1)
+            .write(data, body.len() as u32);
+        w.write_all(body)?;
+        w.finish()?;
+        Ok(())
+    };
+    for (path, contents) in files {
+        let mut parent = String::new();
+        for dir in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |p| p.1)
+        {
+            parent = if parent.is_empty() {
+                dir.to_string()
+            } else {
+                format!("{parent}/{dir}")
+            };
+            entry(&mut data, &parent, 0o040755, b"")?;
+        }
+        entry(&mut data, path, 0o100644, contents.as_bytes())?;
+    }
+    cpio::newc::trailer(&mut data)?;
+    std::fs::write(out, data)?;
+    Ok(())
+}
+
+/// Module parameters and blacklists reach the modules the init loads as
+/// modprobe applies them. A modprobe.d file in the initramfs (appended as a
+/// second archive; the build copies the image's files the same way) gives
+/// loop `max_loop=1 max_part=2` and blacklists the VM's hardware watchdog
+/// driver; the command line's `loop.max_loop=3` comes after the file and
+/// wins. So loop gets max_loop 3 and max_part 2, and the init, not loading
+/// i6300esb for its device, arms softdog instead.
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
-fn s33_module_parameters_and_blacklist_from_the_command_line() -> Result<()> {
+fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -> Result<()> {
     let mut m = Machine::new("s33-module-options")?;
     let image = m.artifacts.join("images/a.img");
     let (kernel, initrd) = (m.dir.join("vmlinuz"), m.dir.join("initrd.img"));
     extract_from_image(&image, "boot/vmlinuz", &kernel)?;
     extract_from_image(&image, "boot/initrd.img", &initrd)?;
+    let with_conf = m.dir.join("initrd-modprobe-d.img");
+    initrd_with_files(
+        &initrd,
+        &[(
+            "etc/modprobe.d/s33.conf",
+            "options loop max_loop=1 max_part=2\nblacklist i6300esb\n",
+        )],
+        &with_conf,
+    )?;
     let mut vm = m.boot_kernel(
         &kernel,
-        &initrd,
+        &with_conf,
         "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
-         immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 \
-         loop.max_loop=3 modprobe.blacklist=i6300esb",
+         immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 loop.max_loop=3",
     )?;
     vm.login()?;
-    let max_loop = vm.run_ok("cat /sys/module/loop/parameters/max_loop")?;
-    ensure!(max_loop.trim() == "3", "loop's max_loop is {max_loop}");
+    let params =
+        vm.run_ok("cat /sys/module/loop/parameters/max_loop /sys/module/loop/parameters/max_part")?;
+    ensure!(
+        params.split_whitespace().eq(["3", "2"]),
+        "loop's max_loop and max_part: {params}"
+    );
     let console = vm.console();
     ensure!(
         console
@@ -1000,6 +1059,11 @@ fn s33_module_parameters_and_blacklist_from_the_command_line() -> Result<()> {
     ensure!(
         facts.contains("\"watchdog\": \"Software Watchdog, "),
         "the init did not arm softdog in place of the blacklisted driver:\n{facts}"
+    );
+    let status = vm.run_ok("immuboot status")?;
+    ensure!(
+        !status.lines().any(|l| l.contains("module options")),
+        "the initramfs' modprobe.d files gave warnings:\n{status}"
     );
     Ok(())
 }
