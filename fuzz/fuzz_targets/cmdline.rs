@@ -3,11 +3,13 @@
 //!
 //! Invariant: the parse is a fixed point. Writing the parameters back with
 //! each one quoted whole and parsing that gives the same parameters and
-//! init arguments (quotes only group, `=` splits once, `--` once).
+//! init arguments (quotes only group, `=` splits once, `--` once). Every
+//! `MODULE.PARAM` parameter reaches that module's parameter string.
 #![no_main]
 
 use immuboot_init::cmdline::Cmdline;
 use immuboot_init::config::InitConfig;
+use immuboot_kmod::ModuleOptions;
 use libfuzzer_sys::fuzz_target;
 
 fn render(c: &Cmdline) -> String {
@@ -31,6 +33,22 @@ fuzz_target!(|data: &[u8]| {
     for (k, _) in &c.params {
         let _ = c.value(k);
         let _ = c.flag(k);
+    }
+    let mut options = ModuleOptions::default();
+    options.add_kernel_cmdline(&c.params);
+    for (k, v) in &c.params {
+        let Some((module, param)) = k.split_once('.') else {
+            continue;
+        };
+        if module.is_empty() || param.is_empty() || k == "modprobe.blacklist" {
+            continue;
+        }
+        if k.contains('\0') || v.as_deref().is_some_and(|v| v.contains('\0')) {
+            continue;
+        }
+        let params = options.params(module);
+        let params = params.to_string_lossy();
+        assert!(params.contains(param), "{k}: {params:?}");
     }
     let again = Cmdline::parse(&render(&c));
     assert_eq!(again, c, "the parse is not a fixed point");

@@ -1,13 +1,15 @@
 //! modules.dep, modules.builtin, modules.softdep and modules.alias (from
-//! the kernel package's depmod run), and a device's modalias (from sysfs).
-//! The input is those five parts joined by the separator line.
+//! the kernel package's depmod run), a device's modalias (from sysfs), and
+//! a modprobe.d file. The input is those six parts joined by the separator
+//! line.
 //!
 //! Invariants: a load order names each module file once, and names every
-//! wanted module that is not built in.
+//! wanted module that is not built in. A modprobe.d line `options MODULE
+//! PARAMS` (one line, no NUL) puts PARAMS into MODULE's parameter string.
 #![no_main]
 
 use immuboot_fuzz::split;
-use immuboot_kmod::{fnmatch, module_name, AliasIndex, ModuleIndex};
+use immuboot_kmod::{fnmatch, module_name, AliasIndex, ModuleIndex, ModuleOptions};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 
@@ -18,6 +20,23 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let part = |i: usize| parts.get(i).map(String::as_str).unwrap_or("");
     let (dep, builtin, softdep, alias, modalias) = (part(0), part(1), part(2), part(3), part(4));
+    let modprobe_d = part(5);
+    let mut options = ModuleOptions::default();
+    let _ = options.parse_conf("fuzz.conf", modprobe_d);
+    let mut continued = false;
+    for line in modprobe_d.lines() {
+        let joins = continued || line.ends_with('\\');
+        continued = line.ends_with('\\');
+        if joins || line.contains('\0') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        if words.len() >= 3 && words[0] == "options" {
+            let params = options.params(words[1]);
+            let params = params.to_string_lossy();
+            assert!(params.contains(words[2]), "{line:?}: {params:?}");
+        }
+    }
 
     let index = ModuleIndex::parse(dep, builtin).with_softdeps(softdep, alias);
     // The names depmod's lines give, as the list of wanted modules.

@@ -132,6 +132,10 @@ impl ModuleOptions {
     /// module `rd`, which no module is called).
     pub fn add_kernel_cmdline(&mut self, params: &[(String, Option<String>)]) {
         for (key, value) in params {
+            // /proc/cmdline has none; a NUL would cut the parameter string.
+            if key.contains('\0') || value.as_deref().is_some_and(|v| v.contains('\0')) {
+                continue;
+            }
             if key == "module_blacklist" {
                 self.refused
                     .extend(value.as_deref().map(names).into_iter().flatten());
@@ -178,8 +182,7 @@ impl ModuleOptions {
             .get(&module_name(module))
             .map(|p| p.join(" "))
             .unwrap_or_default();
-        // No NUL can be in it: lines with one are refused, and a command
-        // line has none.
+        // No NUL can be in it: lines and parameters with one are refused.
         CString::new(text).unwrap_or_default()
     }
 
