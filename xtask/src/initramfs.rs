@@ -313,4 +313,54 @@ mod tests {
         assert_eq!(paths.last(), Some(&"kernel/fs/ext4/ext4.ko"));
         assert!(paths.contains(&"kernel/lib/crc16.ko"));
     }
+
+    /// The image's modprobe.d files as modprobe reads them, links followed
+    /// inside the image: merged /usr (`lib -> usr/lib`) gives each
+    /// distribution file once, /etc's file hides the same name, a link to
+    /// /dev/null masks, and an absolute link points into the image, not to
+    /// the build host.
+    #[test]
+    fn modprobe_d_files_are_taken_as_modprobe_reads_them_inside_the_image() {
+        use std::os::unix::fs::symlink;
+        let root =
+            std::env::temp_dir().join(format!("immuboot-initramfs-conf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "usr/lib/modprobe.d/systemd.conf",
+            "options dummy numdummies=0\n",
+        );
+        write("usr/lib/modprobe.d/aliases.conf", "alias net-pf-3 off\n");
+        write("usr/lib/modprobe.d/blacklist.conf", "blacklist pcspkr\n");
+        write("etc/modprobe.d/blacklist.conf", "blacklist floppy\n");
+        write("usr/share/vendor/loop.conf", "options loop max_part=2\n");
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("/dev/null", root.join("etc/modprobe.d/aliases.conf")).unwrap();
+        symlink(
+            "/usr/share/vendor/loop.conf",
+            root.join("etc/modprobe.d/loop.conf"),
+        )
+        .unwrap();
+        let files = modprobe_conf(&root).unwrap();
+        let got: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), std::str::from_utf8(d).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("etc/modprobe.d/blacklist.conf", "blacklist floppy\n"),
+                ("etc/modprobe.d/loop.conf", "options loop max_part=2\n"),
+                (
+                    "usr/lib/modprobe.d/systemd.conf",
+                    "options dummy numdummies=0\n"
+                ),
+            ]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
