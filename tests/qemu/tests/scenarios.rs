@@ -1014,10 +1014,11 @@ fn initrd_with_files(
 /// Module parameters and blacklists reach the modules the init loads as
 /// modprobe applies them. A modprobe.d file in the initramfs (appended as a
 /// second archive; the build copies the image's files the same way) gives
-/// loop `max_loop=1 max_part=2` and blacklists the VM's hardware watchdog
+/// loop `max_loop=1 max_part=7` and blacklists the VM's hardware watchdog
 /// driver; the command line's `loop.max_loop=3` comes after the file and
-/// wins. So loop gets max_loop 3 and max_part 2, and the init, not loading
-/// i6300esb for its device, arms softdog instead.
+/// wins. So loop gets max_loop 3 and max_part 7 (loop rounds max_part up to
+/// a power of two less one), and the init, not loading i6300esb for its
+/// device, arms softdog instead.
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -> Result<()> {
@@ -1031,7 +1032,7 @@ fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -
         &initrd,
         &[(
             "etc/modprobe.d/s33.conf",
-            "options loop max_loop=1 max_part=2\nblacklist i6300esb\n",
+            "options loop max_loop=1 max_part=7\nblacklist i6300esb\n",
         )],
         &with_conf,
     )?;
@@ -1045,7 +1046,7 @@ fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -
     let params =
         vm.run_ok("cat /sys/module/loop/parameters/max_loop /sys/module/loop/parameters/max_part")?;
     ensure!(
-        params.split_whitespace().eq(["3", "2"]),
+        params.split_whitespace().eq(["3", "7"]),
         "loop's max_loop and max_part: {params}"
     );
     let console = vm.console();
