@@ -34,13 +34,14 @@ fn kernel_cannot_decompress(e: rustix::io::Errno) -> bool {
     [Errno::INVAL, Errno::OPNOTSUPP, Errno::NOSYS].contains(&e)
 }
 
-/// Loads one module file with its parameters; `Ok(false)` if it was loaded
-/// already. The kernel reads the file itself (`finit_module`), and
-/// decompresses it where it can (lzma-rs in the init took 2.4 s of a trixie
-/// boot under TCG; no copy of the module passes through the init's memory
-/// either). Else the file is decompressed here and handed over with
-/// `init_module`.
-fn load_file(dir: &Path, rel: &str, options: &ModuleOptions) -> Result<bool> {
+/// Loads one module file with the parameters `options` give it;
+/// `Ok(false)` if it was loaded already. A parameter value the module does
+/// not take makes the kernel refuse the whole load (`EINVAL`, with the
+/// kernel's own message naming the parameter): the boot needs the module
+/// more than the parameter, so it is loaded again with its defaults and
+/// the refusal goes into `report` as a warning (modprobe would fail here,
+/// and a typo on the command line would then stop every boot).
+fn load_file(dir: &Path, rel: &str, options: &ModuleOptions, report: &mut Report) -> Result<bool> {
     let name = module_name(rel);
     if options.is_refused(&name) {
         anyhow::bail!(
@@ -48,9 +49,29 @@ fn load_file(dir: &Path, rel: &str, options: &ModuleOptions) -> Result<bool> {
         );
     }
     let params = options.params(&name);
-    if !params.is_empty() {
-        log::debug!("{name}: parameters {params:?}");
+    if params.is_empty() {
+        return load_file_with(dir, rel, c"");
     }
+    log::debug!("{name}: parameters {params:?}");
+    match load_file_with(dir, rel, &params) {
+        Err(e) if e.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::INVAL) => {
+            let loaded = load_file_with(dir, rel, c"").map_err(|_| e)?;
+            report.errors.push(format!(
+                "{name}: the kernel refused its parameters {params:?} (its message above \
+                 names the one); loaded with its defaults"
+            ));
+            Ok(loaded)
+        }
+        other => other,
+    }
+}
+
+/// Loads one module file with the parameter string `params`. The kernel
+/// reads the file itself (`finit_module`), and decompresses it where it can
+/// (lzma-rs in the init took 2.4 s of a trixie boot under TCG; no copy of
+/// the module passes through the init's memory either). Else the file is
+/// decompressed here and handed over with `init_module`.
+fn load_file_with(dir: &Path, rel: &str, params: &std::ffi::CStr) -> Result<bool> {
     let path = dir.join(rel);
     let file =
         std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -60,21 +81,21 @@ fn load_file(dir: &Path, rel: &str, options: &ModuleOptions) -> Result<bool> {
     } else {
         0
     };
-    let result = match rustix::system::finit_module(&file, &params, flags) {
+    let result = match rustix::system::finit_module(&file, params, flags) {
         Err(e) if compressed && kernel_cannot_decompress(e) => {
             log::debug!("{rel}: the kernel cannot decompress it ({e}); decompressing here");
             let data =
                 std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let image = decompress(rel, data)
                 .with_context(|| format!("cannot decompress {}", path.display()))?;
-            rustix::system::init_module(&image, &params)
+            rustix::system::init_module(&image, params)
         }
         other => other,
     };
     match result {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {name}"))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("init_module {}", module_name(rel)))),
     }
 }
 
@@ -97,7 +118,7 @@ pub fn load_now(dir: &Path, name: &str, options: &ModuleOptions) -> Result<Repor
 /// failure of a hard dependency (what depends on it cannot load either).
 fn load_chain(dir: &Path, order: &[Planned], options: &ModuleOptions, report: &mut Report) {
     for p in order {
-        match load_file(dir, &p.path, options) {
+        match load_file(dir, &p.path, options, report) {
             Ok(true) => {
                 report.loaded += 1;
                 log::debug!("loaded module {}", module_name(&p.path));

@@ -24,6 +24,9 @@ pub struct InitSyscall {
     modules: RefCell<Option<kmod::Loader>>,
     /// Module parameters and blacklists (modprobe.d, the command line).
     options: RefCell<Arc<kmod::ModuleOptions>>,
+    /// Problems of the loads a mount waited for: logged when they came,
+    /// kept for the boot facts.
+    logged_module_warnings: RefCell<Vec<String>>,
 }
 
 /// File systems whose modules the initramfs carries but does not load at
@@ -69,7 +72,9 @@ impl InitSyscall {
         if let Some(loader) = self.modules.borrow_mut().as_mut() {
             loader.wait_for(name);
             for e in loader.take_errors() {
-                log::warn!("kernel module: {e}");
+                let warning = format!("kernel module: {e}");
+                log::warn!("{warning}");
+                self.logged_module_warnings.borrow_mut().push(warning);
             }
         }
     }
@@ -149,8 +154,11 @@ pub fn start(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
 }
 
 /// Waits for the modules still loading (storage drivers probing their
-/// hardware) so no load is in flight at switch_root; reports failures.
+/// hardware) so no load is in flight at switch_root; reports failures, and
+/// those logged while a mount waited, in the boot facts.
 pub fn finish(b: &mut Boot) {
+    let logged = b.sys.logged_module_warnings.take();
+    b.facts.warnings.extend(logged);
     let Some(mut loader) = b.sys.modules.borrow_mut().take() else {
         return;
     };

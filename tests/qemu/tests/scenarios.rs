@@ -1018,7 +1018,10 @@ fn initrd_with_files(
 /// driver; the command line's `loop.max_loop=3` comes after the file and
 /// wins. So loop gets max_loop 3 and max_part 7 (loop rounds max_part up to
 /// a power of two less one), and the init, not loading i6300esb for its
-/// device, arms softdog instead.
+/// device, arms softdog instead. A value overlay does not take
+/// (`overlay.redirect_dir=maybe`) makes the kernel refuse the load: the
+/// init loads overlay with its defaults, `/etc` is still the overlay, and
+/// the warning names the parameter.
 #[test]
 #[ignore = "boots the demo disk in QEMU: run with `cargo xtask test`"]
 fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -> Result<()> {
@@ -1040,7 +1043,8 @@ fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -
         &kernel,
         &with_conf,
         "root=LABEL=COS_STATE cos-img/filename=/cOS/a.img immuboot.mode=active \
-         immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 loop.max_loop=3",
+         immuboot.slot=a console=ttyS0,115200 printk.devkmsg=on panic=10 loop.max_loop=3 \
+         overlay.redirect_dir=maybe",
     )?;
     vm.login()?;
     let params =
@@ -1066,6 +1070,12 @@ fn s33_module_parameters_and_blacklists_from_modprobe_d_and_the_command_line() -
         !status.lines().any(|l| l.contains("module options")),
         "the initramfs' modprobe.d files gave warnings:\n{status}"
     );
+    ensure!(
+        status.contains("overlay: the kernel refused its parameters \"redirect_dir=maybe\""),
+        "no warning about overlay's refused parameter:\n{status}"
+    );
+    let etc = vm.run_ok("findmnt -n -o FSTYPE /etc")?;
+    ensure!(etc.trim() == "overlay", "/etc is {etc}");
     Ok(())
 }
 
