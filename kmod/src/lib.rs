@@ -18,7 +18,7 @@ pub use decompress::{decompress, decompress_bounded, MAX_MODULE_BYTES};
 pub use index::{modules_dir, read_index, ModuleIndex, Planned};
 pub use list::ModuleList;
 pub use loader::{load_now, Decision, Gate, Loader, Report};
-pub use options::{conf_files, ModuleOptions, CONF_DIRS};
+pub use options::{conf_file_names, conf_files, ModuleOptions, CONF_DIRS};
 pub use uevent::{added_modalias, Lost, Uevents};
 
 /// A module's name as the kernel knows it: file name without `.ko*`, with

@@ -202,25 +202,41 @@ impl ModuleOptions {
     }
 }
 
-/// The modprobe.d files under `root` in the order they are read: `*.conf`
-/// sorted by file name, a name in an earlier directory of [`CONF_DIRS`]
-/// hiding the same name in a later one (a link to /dev/null in /etc hides
-/// a distribution's file, as with systemd's configuration files).
-pub fn conf_files(root: &Path) -> Vec<PathBuf> {
-    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+/// The modprobe.d file names in the order modprobe reads them, each with
+/// the directory of [`CONF_DIRS`] it is taken from: `*.conf` sorted by file
+/// name, a name in an earlier directory hiding the same name in a later
+/// one. `dir_path` says where a directory of [`CONF_DIRS`] is (the build
+/// resolves it inside the image); a directory that cannot be read has no
+/// files.
+pub fn conf_file_names<E>(
+    mut dir_path: impl FnMut(&str) -> Result<PathBuf, E>,
+) -> Result<Vec<(&'static str, String)>, E> {
+    let mut by_name: BTreeMap<String, &'static str> = BTreeMap::new();
     for dir in CONF_DIRS {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+        let Ok(entries) = std::fs::read_dir(dir_path(dir)?) else {
             continue;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".conf") && !name.starts_with('.') {
-                by_name.entry(name).or_insert_with(|| entry.path());
+                by_name.entry(name).or_insert(dir);
             }
         }
     }
+    Ok(by_name.into_iter().map(|(name, dir)| (dir, name)).collect())
+}
+
+/// The modprobe.d files under `root` in the order they are read
+/// ([`conf_file_names`]); a link to /dev/null in /etc hides a
+/// distribution's file, as with systemd's configuration files.
+pub fn conf_files(root: &Path) -> Vec<PathBuf> {
+    let Ok(names) = conf_file_names(|dir| Ok::<_, std::convert::Infallible>(root.join(dir)));
     // Only files are read: /dev/null, a dangling link or a directory hides.
-    by_name.into_values().filter(|p| p.is_file()).collect()
+    names
+        .into_iter()
+        .map(|(dir, name)| root.join(dir).join(name))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 #[cfg(test)]

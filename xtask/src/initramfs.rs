@@ -4,8 +4,8 @@
 
 use crate::image::resolve_in_root;
 use anyhow::{bail, Context, Result};
-use immuboot_kmod::{decompress, module_name, ModuleIndex, ModuleList, CONF_DIRS};
-use std::collections::{BTreeMap, BTreeSet};
+use immuboot_kmod::{conf_file_names, decompress, module_name, ModuleIndex, ModuleList};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -73,25 +73,14 @@ pub fn module_list(path: &Path) -> Result<ModuleList> {
 }
 
 /// The image's modprobe.d files as modprobe reads them (see
-/// `immuboot_kmod::conf_files`: by name, a name in an earlier directory
+/// `immuboot_kmod::conf_file_names`: by name, a name in an earlier directory
 /// hiding the same name in a later one, a link to /dev/null hiding it too),
 /// each as its path in the archive and its contents. Links are followed
 /// inside the image, not on the build host.
 pub fn modprobe_conf(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut first: BTreeMap<String, String> = BTreeMap::new();
-    for dir in CONF_DIRS {
-        let Ok(entries) = std::fs::read_dir(resolve_in_root(root, dir)?) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".conf") && !name.starts_with('.') {
-                first.entry(name.clone()).or_insert(format!("{dir}/{name}"));
-            }
-        }
-    }
     let mut files = Vec::new();
-    for rel in first.into_values() {
+    for (dir, name) in conf_file_names(|dir| resolve_in_root(root, dir))? {
+        let rel = format!("{dir}/{name}");
         // The trailing "." makes resolve_in_root follow a link in the last
         // component too.
         let path = resolve_in_root(root, &format!("{rel}/."))?;
