@@ -129,11 +129,13 @@ impl<S: Syscall> Boot<S> {
     }
 }
 
+/// Seconds since the kernel started: the clock of /proc/uptime, read
+/// directly because the standalone init needs it before /proc is mounted
+/// (reading /proc/uptime there gave 0, and the timeline then drew the
+/// init's steps as if the kernel had taken no time).
 pub(crate) fn uptime() -> f64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// The whole boot as PID 1 of immuboot's own initramfs. Never returns: it

@@ -463,3 +463,21 @@ fn the_step_that_writes_the_facts_is_in_them_once() {
     assert_eq!(in_memory, ["arm watchdog", "write boot facts"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn uptime_is_the_clock_of_proc_uptime() {
+    // The standalone init reads it before /proc is mounted; it must be the
+    // clock /proc/uptime shows (where /proc is there to compare).
+    let ours = uptime();
+    let proc: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ours > 0.0 && (ours - proc).abs() < 1.0,
+        "{ours} against {proc}"
+    );
+}

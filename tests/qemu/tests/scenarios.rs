@@ -152,6 +152,20 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
     let dmesg = vm.run_ok("dmesg")?;
     let phase = dmesg_interval(&dmesg, "Run /init as init process", "systemd[1]: systemd ")
         .ok_or_else(|| anyhow::anyhow!("no timing lines in dmesg"))?;
+    // The facts place the init on the kernel's clock (the timeline's
+    // kernel row ends there): where the kernel started it, not at 0.
+    let facts: serde_json::Value =
+        serde_json::from_str(&vm.run_ok("cat /run/immuboot/boot.json")?)?;
+    let init_start = facts["uptime_start_s"].as_f64().unwrap_or(0.0);
+    let run_init = dmesg
+        .lines()
+        .find(|l| l.contains("Run /init as init process"))
+        .and_then(kernel_timestamp)
+        .unwrap_or(f64::NAN);
+    ensure!(
+        (init_start - run_init).abs() < 0.5,
+        "the facts start the init at {init_start} s, the kernel ran /init at {run_init} s"
+    );
     let result = json!({
         "initramfs_phase_s": (phase * 1000.0).round() / 1000.0,
         "initramfs_bytes": m.manifest.initramfs_bytes,
