@@ -339,6 +339,28 @@ impl Machine {
         })
     }
 
+    /// The machine's disk as `base` holds it (a qcow2 overlay of this
+    /// configuration's disk, e.g. another machine's after its first boot)
+    /// instead of the disk as built. `base` must stay while this machine
+    /// lives.
+    pub fn on_disk_from(self, base: &Path) -> Result<Machine> {
+        std::fs::remove_file(&self.overlay)?;
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(&self.overlay)
+            .status()
+            .context("qemu-img (package qemu-utils)")?;
+        if !status.success() {
+            bail!(
+                "qemu-img create failed for {} over {}",
+                self.overlay.display(),
+                base.display()
+            );
+        }
+        Ok(self)
+    }
+
     /// A user-mode network: the guest reaches the host's 127.0.0.1 as
     /// 10.0.2.2.
     pub fn with_network(mut self) -> Machine {

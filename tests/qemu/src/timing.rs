@@ -55,8 +55,10 @@ pub struct BootPhases {
     /// Kernel clock: "Run /init" → the first line of systemd in the real
     /// root (with systemd in the initrd, its second start).
     pub initramfs_s: Option<f64>,
-    /// Kernel clock: "Run /init" → the init handing over (`handover`
-    /// marker): the init's own part, without systemd's first steps.
+    /// Kernel clock: "Run /init" → the exec of the real root's init (the
+    /// kernel's line for it, see [`ROOT_INIT_EXEC`]), or where the kernel
+    /// logs no such line, the init handing over (`handover` marker): the
+    /// init's own part, without systemd's first steps.
     pub init_own_s: Option<f64>,
     /// Host clock: systemd in the real root → the login prompt.
     pub systemd_to_login_s: Option<f64>,
@@ -100,14 +102,33 @@ const GRUB_LOAD: &str = "Loading slot ";
 const KERNEL_START: &str = "] Linux version ";
 const RUN_INIT: &str = "Run /init as init process";
 const LOGIN: &str = "login: ";
+/// The kernel's line when it executes `/sbin/init` (TOMOYO's activation
+/// trigger, built into Debian's kernels): the exec of systemd in the real
+/// root. It ends the init's own part where the kernel logs it, so that the
+/// hand-over itself (moving /dev, /proc, /sys and /run, freeing the
+/// initramfs) counts for every init alike: the busybox floor's hand-over
+/// runs after its last line, and costs more than immuboot's.
+pub const ROOT_INIT_EXEC: &str = "Not activating Mandatory Access Control as ";
 
 fn is_systemd_start(line: &str) -> bool {
     line.contains("systemd[1]: systemd ") && line.contains("running in system mode")
 }
 
-/// The phases of the boot on `console`. `handover`: a line the init prints
-/// (on the kernel's log) when it hands over to systemd, if it has one.
-pub fn boot_phases(console: &TimedConsole, handover: Option<&str>) -> BootPhases {
+/// How the init hands over to systemd in the real root.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover<'a> {
+    /// The line it prints (on the kernel's log) when it hands over.
+    pub line: &'a str,
+    /// It executes the root's init itself (a PID 1 with switch_root), so
+    /// its part ends at that exec where the kernel logs it; otherwise
+    /// (a service in dracut's initrd, where systemd switches root) at
+    /// `line`.
+    pub execs_root_init: bool,
+}
+
+/// The phases of the boot on `console`, with the init's own part when
+/// `handover` says how to find its end.
+pub fn boot_phases(console: &TimedConsole, handover: Option<Handover>) -> BootPhases {
     let text = &console.text;
     let at = |o: usize| console.host_time_at(o);
     let mut p = BootPhases::default();
@@ -141,13 +162,20 @@ pub fn boot_phases(console: &TimedConsole, handover: Option<&str>) -> BootPhases
         .last();
     let systemd_ts = systemd.and_then(|o| kernel_timestamp(console.line_at(o)));
     p.initramfs_s = diff(run_init_ts, systemd_ts);
-    if let Some(h) = handover.and_then(|h| console.first_from(run_init, h)) {
+    if let Some((h, handover)) =
+        handover.and_then(|ho| Some((console.first_from(run_init, ho.line)?, ho)))
+    {
         // The standalone init says it hands over after /dev moved to the new
         // root, so that line reaches the console without going through
         // /dev/kmsg and has no kernel time: the last line before it that
         // has one (the step before, milliseconds earlier) stands in.
         let handed_over = text[run_init..=h].lines().rev().find_map(kernel_timestamp);
-        p.init_own_s = diff(run_init_ts, handed_over);
+        let exec = console
+            .first_from(h, ROOT_INIT_EXEC)
+            .filter(|_| handover.execs_root_init)
+            .filter(|&e| systemd.is_none_or(|s| e < s))
+            .and_then(|e| kernel_timestamp(console.line_at(e)));
+        p.init_own_s = diff(run_init_ts, exec.or(handed_over));
     }
     if let Some(l) = login.filter(|&l| systemd.is_some_and(|s| s < l)) {
         p.systemd_to_login_s = diff(systemd.and_then(at), at(l));
@@ -179,6 +207,15 @@ pub fn median(values: &[f64]) -> Option<f64> {
 mod tests {
     use super::*;
 
+    const STANDALONE: Handover = Handover {
+        line: "immuboot: switching root",
+        execs_root_init: true,
+    };
+    const FLOOR: Handover = Handover {
+        line: "bench-init: switching root",
+        execs_root_init: true,
+    };
+
     /// A console that arrives one line at a time, at the given host times.
     fn console(lines: &[(f64, &str)]) -> TimedConsole {
         let mut c = TimedConsole::default();
@@ -206,7 +243,7 @@ mod tests {
             ),
             (30.0, "immuboot login: "),
         ]);
-        let p = boot_phases(&c, Some("immuboot: switching root"));
+        let p = boot_phases(&c, Some(STANDALONE));
         assert_eq!(p.firmware_s, Some(4.0));
         assert_eq!(p.grub_check_s, Some(1.5));
         assert_eq!(p.grub_other_s, Some(3.5));
@@ -237,9 +274,61 @@ mod tests {
                 "[    5.000000] systemd[1]: systemd 252 running in system mode (+PAM)",
             ),
         ]);
-        let p = boot_phases(&c, Some("immuboot: switching root"));
+        let p = boot_phases(&c, Some(STANDALONE));
         assert!((p.init_own_s.unwrap() - 1.15).abs() < 1e-9, "{p:?}");
         assert_eq!(p.initramfs_s, Some(2.0));
+    }
+
+    /// The busybox floor's last line comes before its hand-over work: the
+    /// kernel's line at the exec of /sbin/init ends the own part instead.
+    #[test]
+    fn the_own_part_ends_at_the_exec_of_the_roots_init_where_the_kernel_logs_it() {
+        let c = console(&[
+            (9.0, "[    0.000000] Linux version 6.1.0 (gcc)"),
+            (12.0, "[    3.000000] Run /init as init process"),
+            (12.8, "[    3.700000] bench-init: switching root"),
+            (
+                12.9,
+                "[    3.780000] Not activating Mandatory Access Control as /sbin/tomoyo-init does not exist.",
+            ),
+            (
+                14.0,
+                "[    4.500000] systemd[1]: systemd 252 running in system mode (+PAM)",
+            ),
+        ]);
+        let p = boot_phases(&c, Some(FLOOR));
+        assert!((p.init_own_s.unwrap() - 0.78).abs() < 1e-9, "{p:?}");
+        // Without the kernel's line: the hand-over line, as before.
+        let text = c
+            .text
+            .replace("Not activating Mandatory Access Control as", "tomoyo:");
+        let c = TimedConsole { text, ..c };
+        let p = boot_phases(&c, Some(FLOOR));
+        assert!((p.init_own_s.unwrap() - 0.7).abs() < 1e-9, "{p:?}");
+    }
+
+    /// In dracut's initrd systemd switches root and execs the root's init
+    /// long after immuboot's service ended: its part ends at its line.
+    #[test]
+    fn a_service_in_the_initrd_ends_its_part_at_its_line() {
+        let c = console(&[
+            (2.0, "[    0.000000] Linux version 6.1.0 (gcc)"),
+            (5.0, "[    3.000000] Run /init as init process"),
+            (6.0, "[    4.000000] immuboot: /sysroot is ready"),
+            (
+                8.0,
+                "[    6.000000] Not activating Mandatory Access Control as /sbin/tomoyo-init does not exist.",
+            ),
+            (
+                9.0,
+                "[    7.000000] systemd[1]: systemd 252 running in system mode (+PAM)",
+            ),
+        ]);
+        let service = Handover {
+            line: "immuboot: /sysroot is ready",
+            execs_root_init: false,
+        };
+        assert_eq!(boot_phases(&c, Some(service)).init_own_s, Some(1.0));
     }
 
     #[test]
