@@ -1141,6 +1141,43 @@ mod tests {
         }
     }
 
+    fn no_first_boots() -> FirstBoots {
+        FirstBoots {
+            disks: HashMap::new(),
+            plain_root: None,
+            reports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_boots_are_reported_beside_the_timed_ones() {
+        let mut first = no_first_boots();
+        first.reports.push(FirstBootReport {
+            what: "bookworm-standalone".into(),
+            phases: BootPhases {
+                initramfs_s: Some(1.92),
+                init_own_s: Some(0.92),
+                power_on_to_login_s: Some(20.16),
+                ..Default::default()
+            },
+            steps: vec![("mount layout".into(), 72.0)],
+            log: PathBuf::new(),
+        });
+        let md = markdown(
+            Suite::Bookworm,
+            &[summary("immuboot", 1.7, 2_000_000)],
+            &first,
+        );
+        assert!(
+            md.contains("| bookworm-standalone | 1.92 s | 0.92 s | 20.16 s |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("first boot of bookworm-standalone (ms): mount layout 72."),
+            "{md}"
+        );
+    }
+
     #[test]
     fn what_the_module_adds_is_printed_against_both_plain_squashfs_roots() {
         let md = markdown(
@@ -1151,6 +1188,7 @@ mod tests {
                 summary("Debian dracut (squashfs root)", 11.76, 35_840_000),
                 summary("Debian dracut (squashfs partition)", 11.94, 35_840_000),
             ],
+            &no_first_boots(),
         );
         assert!(
             md.contains(
@@ -1173,6 +1211,7 @@ mod tests {
                 summary("immuboot dracut", 14.0, 36_870_000),
                 summary("Debian dracut (squashfs root)", 11.5, 35_840_000),
             ],
+            &no_first_boots(),
         );
         assert!(
             md.contains(
