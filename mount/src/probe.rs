@@ -74,6 +74,13 @@ pub enum Probers {
 
 /// Probes one device for a file system label and type.
 pub fn probe(path: &Path, probers: Probers) -> Option<BlockDevice> {
+    try_probe(path, probers).flatten()
+}
+
+/// [`probe`], telling a device that holds none of the file systems looked
+/// for (`Some(None)`) from one that could not be probed (`None`: its node
+/// is not there yet, or libblkid failed).
+fn try_probe(path: &Path, probers: Probers) -> Option<Option<BlockDevice>> {
     let mut probe = BlkidProbe::new_from_filename(path).ok()?;
     probe.enable_superblocks(true).ok()?;
     probe
@@ -88,7 +95,7 @@ pub fn probe(path: &Path, probers: Probers) -> Option<BlockDevice> {
             .filter_superblock_type(BlkidFltr::Onlyin, LABELLED_TYPES)
             .ok()?;
     }
-    match probe.do_safeprobe().ok()? {
+    Some(match probe.do_safeprobe().ok()? {
         BlkidSafeprobeRet::Success => Some(BlockDevice {
             path: path.to_path_buf(),
             label: probe.lookup_value("LABEL").ok(),
@@ -97,7 +104,7 @@ pub fn probe(path: &Path, probers: Probers) -> Option<BlockDevice> {
             disk: None,
         }),
         _ => None,
-    }
+    })
 }
 
 /// The whole disk a block device is on, from sysfs: a partition's
@@ -187,26 +194,73 @@ fn known_to_udev(
 /// disk (about 80–160 ms a device under QEMU's TCG), which udev paid
 /// already.
 pub fn scan() -> Vec<BlockDevice> {
-    scan_in(
-        Path::new("/sys/class/block"),
-        Path::new("/dev"),
-        Path::new(UDEV_DB),
-    )
+    Scanner::default().scan()
 }
 
-fn scan_in(sys_class_block: &Path, dev_dir: &Path, udev_db: &Path) -> Vec<BlockDevice> {
-    candidate_names(sys_class_block)
-        .iter()
-        .filter_map(|n| {
-            let path = dev_dir.join(n);
-            let mut d = match known_to_udev(sys_class_block, udev_db, n) {
-                Some(from_udev) => BlockDevice { path, ..from_udev? },
-                None => probe(&path, Probers::Labelled)?,
-            };
-            d.disk = disk_of(sys_class_block, n);
-            Some(d)
-        })
-        .collect()
+/// The looks of one wait for the boot's partitions, each device looked at
+/// once: a partition's file system does not change while the init waits
+/// for the rest of its disk, and a probe costs 6–18 ms under TCG, so the
+/// wait can look every few milliseconds and pay only for new devices. A
+/// device is known by name and device number (a new device under an old
+/// name is looked at again); one that could not be probed (its node not
+/// there yet) is tried again at the next look.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Name → device number and what the device holds (`None`: none of
+    /// the file systems looked for).
+    seen: std::collections::HashMap<String, (String, Option<BlockDevice>)>,
+}
+
+impl Scanner {
+    pub fn scan(&mut self) -> Vec<BlockDevice> {
+        self.scan_in(
+            Path::new("/sys/class/block"),
+            Path::new("/dev"),
+            Path::new(UDEV_DB),
+        )
+    }
+
+    fn scan_in(
+        &mut self,
+        sys_class_block: &Path,
+        dev_dir: &Path,
+        udev_db: &Path,
+    ) -> Vec<BlockDevice> {
+        candidate_names(sys_class_block)
+            .into_iter()
+            .filter_map(|n| {
+                let number = std::fs::read_to_string(sys_class_block.join(&n).join("dev")).ok()?;
+                let number = number.trim();
+                if let Some((seen_number, holds)) = self.seen.get(&n) {
+                    if seen_number == number {
+                        return holds.clone();
+                    }
+                }
+                let holds = look_at(sys_class_block, dev_dir, udev_db, &n)?;
+                self.seen.insert(n, (number.to_string(), holds.clone()));
+                holds
+            })
+            .collect()
+    }
+}
+
+/// What block device `name` holds: from udev's database where udev has
+/// handled it, else by probing it. `None`: it could not be looked at.
+fn look_at(
+    sys_class_block: &Path,
+    dev_dir: &Path,
+    udev_db: &Path,
+    name: &str,
+) -> Option<Option<BlockDevice>> {
+    let path = dev_dir.join(name);
+    let holds = match known_to_udev(sys_class_block, udev_db, name) {
+        Some(from_udev) => from_udev.map(|d| BlockDevice { path, ..d }),
+        None => try_probe(&path, Probers::Labelled)?,
+    };
+    Some(holds.map(|d| BlockDevice {
+        disk: disk_of(sys_class_block, name),
+        ..d
+    }))
 }
 
 /// The partitions of the boot, bound to the disk GRUB booted from.
@@ -453,7 +507,7 @@ mod tests {
         // vda5 has no entry yet: libblkid probes it (here a real ext4 image).
         mkfs_ext4(&dev_dir.join("vda5"), "COS_PERSISTENT");
 
-        let found = scan_in(&class, &dev_dir, &udev);
+        let found = Scanner::default().scan_in(&class, &dev_dir, &udev);
         let summary: Vec<_> = found
             .iter()
             .map(|d| {
@@ -472,6 +526,49 @@ mod tests {
             ]
         );
         assert_eq!(found[0].uuid.as_deref(), Some("aa-bb"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The looks of one wait probe a device once per device number, and
+    /// try again one whose node was not there yet.
+    #[test]
+    fn a_scanner_probes_each_device_once() {
+        let root = std::env::temp_dir().join(format!("immuboot-scanner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let disk = root.join("devices/virtio1/block/vda");
+        let class = root.join("class/block");
+        let (dev_dir, udev) = (root.join("dev"), root.join("no-udev"));
+        for d in [&class, &dev_dir, &disk.join("vda4"), &disk.join("vda5")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (n, minor) in [("vda4", 4), ("vda5", 5)] {
+            std::fs::write(disk.join(n).join("partition"), format!("{minor}\n")).unwrap();
+            std::fs::write(disk.join(n).join("dev"), format!("253:{minor}\n")).unwrap();
+            std::os::unix::fs::symlink(disk.join(n), class.join(n)).unwrap();
+        }
+        mkfs_ext4(&dev_dir.join("vda4"), "COS_STATE");
+        let labels = |found: Vec<BlockDevice>| -> Vec<String> {
+            found.into_iter().filter_map(|d| d.label).collect()
+        };
+        let mut scanner = Scanner::default();
+        // vda5's node is not there yet.
+        assert_eq!(
+            labels(scanner.scan_in(&class, &dev_dir, &udev)),
+            ["COS_STATE"]
+        );
+        mkfs_ext4(&dev_dir.join("vda5"), "COS_PERSISTENT");
+        // Seen devices are not probed again: a new label on vda4 stays unseen.
+        mkfs_ext4(&dev_dir.join("vda4"), "OTHER");
+        assert_eq!(
+            labels(scanner.scan_in(&class, &dev_dir, &udev)),
+            ["COS_STATE", "COS_PERSISTENT"]
+        );
+        // Another device under vda4's name is.
+        std::fs::write(disk.join("vda4/dev"), "253:14\n").unwrap();
+        assert_eq!(
+            labels(scanner.scan_in(&class, &dev_dir, &udev)),
+            ["OTHER", "COS_PERSISTENT"]
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -11,6 +11,11 @@
 //! - `immuboot direct`: the standalone initramfs started by QEMU (`-kernel`)
 //!   on the demo disk, no GRUB: its initramfs phase compares with the
 //!   direct boots below;
+//! - `immuboot direct (floor's work)`: the same, doing the busybox floor's
+//!   work: a layout on COS_OEM without ephemeral or persistent paths (only
+//!   `/etc` and `/usr/local`, as the floor mounts), no watchdog. Against
+//!   the floor it compares the same work; what immuboot still does beyond
+//!   it is the boot state, the boot facts and probing every partition;
 //! - `immuboot dracut direct`: the same for the dracut initramfs with the
 //!   module. It has the Debian variants' command line (serial console
 //!   only), so against `Debian dracut (squashfs root)` it shows what the
@@ -103,7 +108,20 @@ struct Variant {
     handover: Option<Handover<'static>>,
     /// Booted by immuboot: the boot facts hold the init's steps and memory.
     immuboot: bool,
+    /// Commands run as root at the end of the disk's first boot, for a
+    /// variant that boots the disk set up differently (its own first boot).
+    disk_setup: Option<&'static str>,
 }
+
+/// The disk set up so that immuboot does the busybox floor's work: a
+/// layout on COS_OEM with no ephemeral and no persistent paths beyond the
+/// built-in ones (`/etc` ephemeral, COS_PERSISTENT on `/usr/local`), as
+/// the floor's script mounts them. With `FLOOR_WORK_CMDLINE` (no watchdog)
+/// what is left beyond the floor's work is the boot state, the boot facts
+/// and the probing of every partition.
+const FLOOR_WORK_LAYOUT: &str = "mkdir -p /oem/immuboot && \
+     printf 'ephemeral: []\\npersistent: []\\n' >/oem/immuboot/layout.yaml";
+const FLOOR_WORK_CMDLINE: &str = "immuboot.watchdog=0 modprobe.blacklist=i6300esb";
 
 /// The init's steps: name and milliseconds.
 type Steps = Vec<(String, f64)>;
@@ -317,6 +335,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 execs_root_init: true,
             }),
             immuboot: true,
+            disk_setup: None,
         },
         Variant {
             name: "immuboot dracut",
@@ -329,6 +348,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 execs_root_init: false,
             }),
             immuboot: true,
+            disk_setup: None,
         },
         Variant {
             name: "immuboot direct",
@@ -345,6 +365,24 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 execs_root_init: true,
             }),
             immuboot: true,
+            disk_setup: None,
+        },
+        Variant {
+            name: "immuboot direct (floor's work)",
+            boot: Boot::DirectOnDisk {
+                config: config_arg(standalone),
+                kernel: inputs.kernel.clone(),
+                initrd: sa.join("initrd.img"),
+                append: format!("{slot_a_append} {FLOOR_WORK_CMDLINE}"),
+                as_grub_entry: true,
+            },
+            initramfs: sa.join("initrd.img"),
+            handover: Some(Handover {
+                line: "immuboot: switching root to",
+                execs_root_init: true,
+            }),
+            immuboot: true,
+            disk_setup: Some(FLOOR_WORK_LAYOUT),
         },
         Variant {
             // The dracut initramfs with the module on the same command line
@@ -365,6 +403,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 execs_root_init: false,
             }),
             immuboot: true,
+            disk_setup: None,
         },
         Variant {
             name: "busybox script",
@@ -381,6 +420,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 execs_root_init: true,
             }),
             immuboot: false,
+            disk_setup: None,
         },
         Variant {
             name: "Debian dracut",
@@ -393,6 +433,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             initramfs: dracut.out_dir().join("dracut-plain.img"),
             handover: None,
             immuboot: false,
+            disk_setup: None,
         },
         Variant {
             name: "Debian dracut (squashfs root)",
@@ -405,6 +446,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             initramfs: dracut.out_dir().join("dracut-plain.img"),
             handover: None,
             immuboot: false,
+            disk_setup: None,
         },
         Variant {
             name: "Debian dracut (squashfs partition)",
@@ -417,6 +459,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             initramfs: dracut.out_dir().join("dracut-plain.img"),
             handover: None,
             immuboot: false,
+            disk_setup: None,
         },
         Variant {
             name: "Debian initramfs-tools",
@@ -429,6 +472,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
             initramfs: inputs.itools_initrd.clone(),
             handover: None,
             immuboot: false,
+            disk_setup: None,
         },
     ]
 }
@@ -480,8 +524,9 @@ fn config_arg(c: &Config) -> String {
 /// The disks after their first boot (see the module's doc), and what those
 /// boots took.
 struct FirstBoots {
-    /// Configuration → the first-booted machine's disk overlay.
-    disks: HashMap<String, PathBuf>,
+    /// Configuration and disk set-up → the first-booted machine's disk
+    /// overlay.
+    disks: HashMap<(String, Option<&'static str>), PathBuf>,
     /// The plain ext4 root after its first boot (a qcow2 overlay).
     plain_root: Option<PathBuf>,
     reports: Vec<FirstBootReport>,
@@ -509,15 +554,23 @@ fn first_boots(variants: &[Variant]) -> Result<FirstBoots> {
     for v in variants {
         match &v.boot {
             Boot::Disk { config } | Boot::DirectOnDisk { config, .. } => {
-                if first.disks.contains_key(config) {
+                let key = (config.clone(), v.disk_setup);
+                if first.disks.contains_key(&key) {
                     continue;
                 }
-                eprintln!("    first boot of the {} disk", config_label(config));
-                let mut m = Machine::new_in("bench-first-boot", config)?;
+                let (what, name) = match v.disk_setup {
+                    None => (config_label(config), "bench-first-boot".to_string()),
+                    Some(_) => (
+                        format!("{} ({})", config_label(config), v.name),
+                        format!("bench-first-boot-{}", first.disks.len()),
+                    ),
+                };
+                eprintln!("    first boot of the {what} disk");
+                let mut m = Machine::new_in(&name, config)?;
                 let vm = m.boot()?;
-                let report = finish_first_boot(vm, config_label(config), v.handover, v.immuboot)?;
+                let report = finish_first_boot(vm, what, v.handover, v.immuboot, v.disk_setup)?;
                 first.reports.push(report);
-                first.disks.insert(config.clone(), m.overlay.clone());
+                first.disks.insert(key, m.overlay.clone());
             }
             Boot::DirectOnPlainRoot {
                 root,
@@ -532,7 +585,7 @@ fn first_boots(variants: &[Variant]) -> Result<FirstBoots> {
                 let name = "bench-first-boot-plain-root";
                 let vm = boot_plain_root(name, (root, "raw"), kernel, initrd, append)?;
                 let report =
-                    finish_first_boot(vm, format!("plain root ({})", v.name), None, false)?;
+                    finish_first_boot(vm, format!("plain root ({})", v.name), None, false, None)?;
                 first.reports.push(report);
                 first.plain_root = Some(fresh_vm_path(name).join("root.qcow2"));
             }
@@ -557,6 +610,7 @@ fn finish_first_boot(
     what: String,
     handover: Option<Handover<'static>>,
     immuboot: bool,
+    setup: Option<&str>,
 ) -> Result<FirstBootReport> {
     vm.expect(r"login: ", Duration::from_secs(600))
         .with_context(|| {
@@ -571,6 +625,10 @@ fn finish_first_boot(
         true => init_facts(&mut vm)?.0,
         false => Vec::new(),
     };
+    if let Some(setup) = setup {
+        vm.run_ok(setup)
+            .with_context(|| format!("first boot of {what}: the disk's set-up"))?;
+    }
     let log = vm.log.clone();
     vm.reboot().with_context(|| {
         format!(
@@ -601,7 +659,7 @@ fn boot_once(v: &Variant, round: usize, first: &FirstBoots) -> Result<Sample> {
     let name = format!("bench-{slug}-{round}");
     let mut vm = match &v.boot {
         Boot::Disk { config } => Machine::new_in(&name, config)?
-            .on_disk_from(&first.disks[config])?
+            .on_disk_from(&first.disks[&(config.clone(), v.disk_setup)])?
             .boot()?,
         Boot::DirectOnDisk {
             config,
@@ -615,7 +673,7 @@ fn boot_once(v: &Variant, round: usize, first: &FirstBoots) -> Result<Sample> {
                 false => append.clone(),
             };
             Machine::new_in(&name, config)?
-                .on_disk_from(&first.disks[config])?
+                .on_disk_from(&first.disks[&(config.clone(), v.disk_setup)])?
                 .boot_kernel(kernel, initrd, &append)?
         }
         Boot::DirectOnPlainRoot {

@@ -69,14 +69,22 @@ fn our_labels(cfg: &InitConfig) -> [&str; 4] {
     [&l.state, &l.recovery, &l.oem, &l.persistent].map(String::as_str)
 }
 
-fn scan_bound(cfg: &InitConfig) -> probe::Bound {
+fn scan_bound(cfg: &InitConfig, scanner: &mut probe::Scanner) -> probe::Bound {
     probe::bind_to_boot_disk(
-        probe::scan(),
+        scanner.scan(),
         &our_labels(cfg),
         &cfg.labels.state,
         cfg.state_uuid.as_deref(),
     )
 }
+
+/// How often the wait for the image partition looks at the block devices.
+const LOOK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long, once the image partition is there, the search waits for the
+/// optional partitions (COS_OEM, COS_PERSISTENT) of its disk: no longer,
+/// so that a system without them boots without a long wait.
+const OPTIONAL_WAIT: Duration = Duration::from_millis(200);
 
 /// How much longer than `immuboot.timeout` the wait goes on while udev is
 /// still working through device events (dracut mode: udev loads the disk
@@ -116,11 +124,12 @@ pub fn find(
 ) -> Result<probe::Bound> {
     let start = Instant::now();
     let mut next_notice = Duration::from_secs(1);
+    let mut scanner = probe::Scanner::default();
     let bound = loop {
         // Read before the look: when it is true, the look saw every disk
         // the first drivers brought.
         let settled = disks.is_some_and(kmod::Gate::settled);
-        let bound = scan_bound(cfg);
+        let bound = scan_bound(cfg, &mut scanner);
         let on_boot_disk = cfg.state_uuid.is_none() || bound.unbound.is_none();
         if on_boot_disk && !probe::with_label(&bound.devices, required).is_empty() {
             if let Some(g) = disks {
@@ -163,7 +172,8 @@ pub fn find(
             );
             next_notice += Duration::from_secs(5);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Each look probes only devices not seen before (`probe::Scanner`).
+        std::thread::sleep(LOOK_INTERVAL);
     };
     let optional = [&cfg.labels.oem, &cfg.labels.persistent, &cfg.labels.state];
     let missing = |devs: &[BlockDevice]| {
@@ -172,8 +182,15 @@ pub fn find(
             .any(|l| probe::with_label(devs, l).is_empty())
     };
     let bound = if missing(&bound.devices) {
-        std::thread::sleep(Duration::from_millis(200));
-        let again = scan_bound(cfg);
+        // The kernel adds a disk's partitions one after another: the look
+        // may have come between two. Look again until they are all there,
+        // for at most OPTIONAL_WAIT.
+        let mut again = bound.clone();
+        let deadline = Instant::now() + OPTIONAL_WAIT;
+        while missing(&again.devices) && Instant::now() < deadline {
+            std::thread::sleep(LOOK_INTERVAL / 2);
+            again = scan_bound(cfg, &mut scanner);
+        }
         // The boot disk must not get lost between the two looks.
         if again.unbound.is_none() || cfg.state_uuid.is_none() {
             again
