@@ -166,7 +166,7 @@ const PHASES: &[(&str, &str)] = &[
     ),
     (
         "init_own_s",
-        "  of which the init's own part (→ exec of systemd)",
+        "  of which the init's own part (→ exec of systemd; dracut: → /sysroot ready)",
     ),
     ("systemd_to_login_s", "systemd until the login prompt"),
     ("power_on_to_login_s", "power-on → login prompt"),
