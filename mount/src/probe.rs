@@ -188,15 +188,10 @@ fn known_to_udev(
     Some(fs_from_udev_entry(&entry))
 }
 
-/// Finds the file system of every candidate block device once: from udev's
-/// database where udev has handled the device, else by probing it with
-/// libblkid. Under emulation each libblkid probe costs tens of reads of the
-/// disk (about 80–160 ms a device under QEMU's TCG), which udev paid
-/// already.
-pub fn scan() -> Vec<BlockDevice> {
-    Scanner::default().scan()
-}
-
+/// The file systems of the candidate block devices: from udev's database
+/// where udev has handled a device (its probe costs tens of reads of the
+/// disk, which udev paid already), else by probing it with libblkid.
+///
 /// The looks of one wait for the boot's partitions, each device looked at
 /// once: a partition's file system does not change while the init waits
 /// for the rest of its disk, and a probe costs 6–18 ms under TCG, so the
@@ -471,32 +466,52 @@ mod tests {
         assert_eq!(d.label, None);
     }
 
+    /// A fake sysfs and /dev below a temporary root: disk vda (253:0)
+    /// with partitions vda4 and vda5 in /sys/class/block, no device nodes.
+    struct FakeDisk {
+        root: PathBuf,
+        disk: PathBuf,
+        class: PathBuf,
+        dev_dir: PathBuf,
+    }
+
+    fn fake_disk(tag: &str) -> FakeDisk {
+        let root = std::env::temp_dir().join(format!("immuboot-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let disk = root.join("devices/virtio1/block/vda");
+        let class = root.join("class/block");
+        let dev_dir = root.join("dev");
+        for d in [&class, &dev_dir, &disk.join("vda4"), &disk.join("vda5")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (n, minor) in [("vda4", 4), ("vda5", 5)] {
+            std::fs::write(disk.join(n).join("partition"), format!("{minor}\n")).unwrap();
+            std::fs::write(disk.join(n).join("dev"), format!("253:{minor}\n")).unwrap();
+            std::os::unix::fs::symlink(disk.join(n), class.join(n)).unwrap();
+        }
+        FakeDisk {
+            root,
+            disk,
+            class,
+            dev_dir,
+        }
+    }
+
     /// A device udev handled is taken from its entry (a fake /dev path that
     /// libblkid could not open proves it was not probed), one without an
     /// entry is probed, and a disk whose entry names no file system is left
     /// out without probing.
     #[test]
     fn the_scan_takes_udevs_findings_and_probes_the_rest() {
-        let root = std::env::temp_dir().join(format!("immuboot-udevscan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let disk = root.join("devices/virtio1/block/vda");
-        let class = root.join("class/block");
-        let (dev_dir, udev) = (root.join("dev"), root.join("udev"));
-        for d in [
-            &class,
-            &dev_dir,
-            &udev,
-            &disk.join("vda4"),
-            &disk.join("vda5"),
-        ] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let FakeDisk {
+            root,
+            disk,
+            class,
+            dev_dir,
+        } = fake_disk("udevscan");
+        let udev = root.join("udev");
+        std::fs::create_dir_all(&udev).unwrap();
         std::fs::write(disk.join("dev"), "253:0\n").unwrap();
-        for (n, minor) in [("vda4", 4), ("vda5", 5)] {
-            std::fs::write(disk.join(n).join("partition"), format!("{minor}\n")).unwrap();
-            std::fs::write(disk.join(n).join("dev"), format!("253:{minor}\n")).unwrap();
-            std::os::unix::fs::symlink(disk.join(n), class.join(n)).unwrap();
-        }
         std::os::unix::fs::symlink(&disk, class.join("vda")).unwrap();
         std::fs::write(udev.join("b253:0"), "E:ID_PART_TABLE_TYPE=gpt\n").unwrap();
         std::fs::write(
@@ -533,19 +548,13 @@ mod tests {
     /// try again one whose node was not there yet.
     #[test]
     fn a_scanner_probes_each_device_once() {
-        let root = std::env::temp_dir().join(format!("immuboot-scanner-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let disk = root.join("devices/virtio1/block/vda");
-        let class = root.join("class/block");
-        let (dev_dir, udev) = (root.join("dev"), root.join("no-udev"));
-        for d in [&class, &dev_dir, &disk.join("vda4"), &disk.join("vda5")] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        for (n, minor) in [("vda4", 4), ("vda5", 5)] {
-            std::fs::write(disk.join(n).join("partition"), format!("{minor}\n")).unwrap();
-            std::fs::write(disk.join(n).join("dev"), format!("253:{minor}\n")).unwrap();
-            std::os::unix::fs::symlink(disk.join(n), class.join(n)).unwrap();
-        }
+        let FakeDisk {
+            root,
+            disk,
+            class,
+            dev_dir,
+        } = fake_disk("scanner");
+        let udev = root.join("no-udev");
         mkfs_ext4(&dev_dir.join("vda4"), "COS_STATE");
         let labels = |found: Vec<BlockDevice>| -> Vec<String> {
             found.into_iter().filter_map(|d| d.label).collect()

@@ -56,7 +56,8 @@ use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
 use immuboot_qemu_tests::timing::{boot_phases, getty_guest_phases, median, BootPhases, Handover};
 use immuboot_qemu_tests::{
-    attach_read_only, qemu_args, started_firmware_vars, DiskManifest, Machine, Vm, ICOUNT_ENV,
+    attach_read_only, qcow2_overlay, qemu_args, started_firmware_vars, DiskManifest, Machine, Vm,
+    DEFAULT_CONFIG, ICOUNT_ENV,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -68,6 +69,17 @@ use std::time::Duration;
 
 /// The kernel command line of the serial console the scenarios use.
 const CONSOLE: &str = "console=ttyS0,115200 printk.devkmsg=on panic=10";
+
+/// How the standalone init hands over: it execs systemd itself.
+const STANDALONE_HANDOVER: Handover = Handover {
+    line: "immuboot: switching root to",
+    execs_root_init: true,
+};
+/// How the service in dracut's initrd hands over: systemd switches root.
+const DRACUT_HANDOVER: Handover = Handover {
+    line: "immuboot: /sysroot is ready",
+    execs_root_init: false,
+};
 
 /// What a variant boots.
 enum Boot {
@@ -330,10 +342,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 config: config_arg(standalone),
             },
             initramfs: sa.join("initrd.img"),
-            handover: Some(Handover {
-                line: "immuboot: switching root to",
-                execs_root_init: true,
-            }),
+            handover: Some(STANDALONE_HANDOVER),
             immuboot: true,
             disk_setup: None,
         },
@@ -343,10 +352,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 config: config_arg(dracut),
             },
             initramfs: dracut.out_dir().join("initrd.img"),
-            handover: Some(Handover {
-                line: "immuboot: /sysroot is ready",
-                execs_root_init: false,
-            }),
+            handover: Some(DRACUT_HANDOVER),
             immuboot: true,
             disk_setup: None,
         },
@@ -360,10 +366,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 as_grub_entry: true,
             },
             initramfs: sa.join("initrd.img"),
-            handover: Some(Handover {
-                line: "immuboot: switching root to",
-                execs_root_init: true,
-            }),
+            handover: Some(STANDALONE_HANDOVER),
             immuboot: true,
             disk_setup: None,
         },
@@ -377,10 +380,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 as_grub_entry: true,
             },
             initramfs: sa.join("initrd.img"),
-            handover: Some(Handover {
-                line: "immuboot: switching root to",
-                execs_root_init: true,
-            }),
+            handover: Some(STANDALONE_HANDOVER),
             immuboot: true,
             disk_setup: Some(FLOOR_WORK_LAYOUT),
         },
@@ -398,10 +398,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 as_grub_entry: true,
             },
             initramfs: dracut.out_dir().join("initrd.img"),
-            handover: Some(Handover {
-                line: "immuboot: /sysroot is ready",
-                execs_root_init: false,
-            }),
+            handover: Some(DRACUT_HANDOVER),
             immuboot: true,
             disk_setup: None,
         },
@@ -583,11 +580,11 @@ fn first_boots(variants: &[Variant]) -> Result<FirstBoots> {
                 }
                 eprintln!("    first boot of the plain root");
                 let name = "bench-first-boot-plain-root";
-                let vm = boot_plain_root(name, (root, "raw"), kernel, initrd, append)?;
+                let (vm, overlay) = boot_plain_root(name, (root, "raw"), kernel, initrd, append)?;
                 let report =
                     finish_first_boot(vm, format!("plain root ({})", v.name), None, false, None)?;
                 first.reports.push(report);
-                first.plain_root = Some(fresh_vm_path(name).join("root.qcow2"));
+                first.plain_root = Some(overlay);
             }
             Boot::DirectOnImage { .. } => {}
         }
@@ -595,9 +592,11 @@ fn first_boots(variants: &[Variant]) -> Result<FirstBoots> {
     Ok(first)
 }
 
+/// A configuration's name as the harness takes it ("" for the default),
+/// spelled out.
 fn config_label(config: &str) -> String {
     match config {
-        "" => "bookworm-standalone".into(),
+        "" => DEFAULT_CONFIG.into(),
         c => c.into(),
     }
 }
@@ -686,7 +685,7 @@ fn boot_once(v: &Variant, round: usize, first: &FirstBoots) -> Result<Sample> {
                 .plain_root
                 .as_ref()
                 .context("the plain root's first boot")?;
-            boot_plain_root(&name, (base, "qcow2"), kernel, initrd, append)?
+            boot_plain_root(&name, (base, "qcow2"), kernel, initrd, append)?.0
         }
         Boot::DirectOnImage {
             image,
@@ -721,31 +720,25 @@ fn boot_once(v: &Variant, round: usize, first: &FirstBoots) -> Result<Sample> {
 }
 
 /// A machine of its own for a plain root: an overlay over `root` (the
-/// ext4 copy, or an overlay of it after its first boot) of `format`.
+/// ext4 copy, or an overlay of it after its first boot) of `format`. Returns
+/// the running VM and its overlay.
 fn boot_plain_root(
     name: &str,
     (root, format): (&Path, &str),
     kernel: &Path,
     initrd: &Path,
     append: &str,
-) -> Result<Vm> {
+) -> Result<(Vm, PathBuf)> {
     let dir = fresh_vm_dir(name)?;
     let overlay = dir.join("root.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-        .arg(root)
-        .arg(&overlay))?;
+    qcow2_overlay((root, format), &overlay)?;
     let args = direct_boot_args(&dir, (&overlay, "qcow2", false), kernel, initrd, append)?;
-    Vm::start(&args, &dir.join("boot1.log"))
-}
-
-fn fresh_vm_path(name: &str) -> PathBuf {
-    immuboot_qemu_tests::artifacts_dir().join("vms").join(name)
+    Ok((Vm::start(&args, &dir.join("boot1.log"))?, overlay))
 }
 
 /// An empty directory for the VM `name`.
 fn fresh_vm_dir(name: &str) -> Result<PathBuf> {
-    let dir = fresh_vm_path(name);
+    let dir = immuboot_qemu_tests::artifacts_dir().join("vms").join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }

@@ -267,6 +267,26 @@ pub fn started_firmware_vars(disk: &Path, format: &str) -> Result<PathBuf> {
     Ok(vars)
 }
 
+/// Creates `overlay`, a qcow2 file whose reads come from `base` (of
+/// `format`, "raw" or "qcow2") until the guest writes: a VM's own copy of
+/// a disk that leaves the disk as it is.
+pub fn qcow2_overlay((base, format): (&Path, &str), overlay: &Path) -> Result<()> {
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(base)
+        .arg(overlay)
+        .status()
+        .context("qemu-img (package qemu-utils)")?;
+    if !status.success() {
+        bail!(
+            "qemu-img create failed for {} over {}",
+            overlay.display(),
+            base.display()
+        );
+    }
+    Ok(())
+}
+
 /// A test machine: a disk overlay and UEFI variables that persist across its
 /// boots.
 pub struct Machine {
@@ -312,15 +332,7 @@ impl Machine {
         }
         std::fs::create_dir_all(&dir)?;
         let overlay = dir.join("disk.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&manifest.disk)
-            .arg(&overlay)
-            .status()
-            .context("qemu-img (package qemu-utils)")?;
-        if !status.success() {
-            bail!("qemu-img create failed for {}", overlay.display());
-        }
+        qcow2_overlay((&manifest.disk, "raw"), &overlay)?;
         let vars = dir.join("OVMF_VARS.fd");
         std::fs::copy(started_firmware_vars(&manifest.disk, "raw")?, &vars)?;
         Ok(Machine {
@@ -345,19 +357,7 @@ impl Machine {
     /// lives.
     pub fn on_disk_from(self, base: &Path) -> Result<Machine> {
         std::fs::remove_file(&self.overlay)?;
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(base)
-            .arg(&self.overlay)
-            .status()
-            .context("qemu-img (package qemu-utils)")?;
-        if !status.success() {
-            bail!(
-                "qemu-img create failed for {} over {}",
-                self.overlay.display(),
-                base.display()
-            );
-        }
+        qcow2_overlay((base, "qcow2"), &self.overlay)?;
         Ok(self)
     }
 
