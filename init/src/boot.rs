@@ -170,6 +170,15 @@ pub fn run() -> ! {
         handover::arm_watchdog(b, cfg.watchdog, &options);
         Ok(())
     });
+    // Before systemd's own mount of it: see mount_bpffs.
+    b.step("mount bpffs", |_| {
+        match crate::mount_bpffs(Path::new("/sys")) {
+            Ok(true) => {}
+            Ok(false) => log::info!("bpffs: not in this kernel; left to systemd"),
+            Err(e) => log::warn!("bpffs: cannot mount it on /sys/fs/bpf: {e}; left to systemd"),
+        }
+        Ok(())
+    });
     b.step("write boot facts", |b| {
         handover::write_facts(b, &root_entry, &mounted)
     });

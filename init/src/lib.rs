@@ -35,3 +35,30 @@ pub fn mount_api_filesystems() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Mounts bpffs on /sys/fs/bpf as systemd would (nosuid, nodev, noexec,
+/// mode 0700), for systemd to find it there and leave it. Each bpffs mount
+/// asks the kernel for a module (`bpf_preload`) Debian's kernels do not
+/// have: in the new root the kernel starts /sbin/modprobe for it and
+/// systemd waits for that process before its first line (0.05–0.06 s under
+/// QEMU's TCG); in the initramfs, which has no modprobe, the request fails
+/// at once. Returns whether it mounted; a kernel without bpffs leaves the
+/// mount to systemd, which then fails as it would have anyway.
+pub fn mount_bpffs(sys: &std::path::Path) -> std::io::Result<bool> {
+    use rustix::mount::{mount, MountFlags as F};
+    let target = sys.join("fs/bpf");
+    if !target.is_dir() {
+        return Ok(false);
+    }
+    match mount(
+        "bpf",
+        &target,
+        "bpf",
+        F::NOSUID | F::NODEV | F::NOEXEC,
+        Some(c"mode=0700"),
+    ) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NODEV) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -145,12 +145,23 @@ pub fn start(b: &mut Boot, cfg: &InitConfig) -> Result<()> {
         Err(_) => kmod::ModuleList::default(),
     };
     list.always.extend(cfg.extra_modules.iter().cloned());
+    if booted_through_uefi(Path::new("/sys")) {
+        let efi = std::mem::take(&mut list.efi);
+        list.always.extend(efi);
+    }
     if list.always.is_empty() && list.hardware.is_empty() {
         return Ok(());
     }
     let dir = kmod::modules_dir()?;
     *b.sys.modules.borrow_mut() = Some(kmod::Loader::start(&dir, &list, options)?);
     Ok(())
+}
+
+/// Whether the firmware booted the kernel through UEFI, as systemd decides
+/// before it mounts efivarfs (`/sys/firmware/efi` exists). `sys` is where
+/// sysfs is mounted.
+pub fn booted_through_uefi(sys: &Path) -> bool {
+    sys.join("firmware/efi").is_dir()
 }
 
 /// Waits for the modules still loading (storage drivers probing their
@@ -188,6 +199,16 @@ mod tests {
             }
         }
         assert_eq!(on_demand_modules("vfat").len(), 3);
+    }
+
+    #[test]
+    fn uefi_is_told_by_sysfs() {
+        let sys = std::env::temp_dir().join(format!("immuboot-sysfs-{}", std::process::id()));
+        std::fs::create_dir_all(sys.join("firmware")).unwrap();
+        assert!(!booted_through_uefi(&sys));
+        std::fs::create_dir_all(sys.join("firmware/efi")).unwrap();
+        assert!(booted_through_uefi(&sys));
+        std::fs::remove_dir_all(&sys).unwrap();
     }
 
     /// In dracut's initramfs the init loads the dracut module's list: what

@@ -103,6 +103,20 @@ fn s1_boots_active_slot_from_read_only_squashfs() -> Result<()> {
             "{t} missing from fstab:\n{fstab}"
         );
     }
+    // bpffs, which the init mounts for systemd (see init's mount_bpffs), with
+    // systemd's own options; and efivarfs, which systemd mounts with the
+    // module the init loaded.
+    let api = vm.run_ok("findmnt -n -o TARGET,FSTYPE,OPTIONS -t bpf,efivarfs")?;
+    ensure!(
+        api.lines().any(|l| l.starts_with("/sys/fs/bpf ")
+            && l.contains(" bpf ")
+            && l.contains("nosuid,nodev,noexec")
+            && l.contains("mode=700"))
+            && api
+                .lines()
+                .any(|l| l.starts_with("/sys/firmware/efi/efivars ")),
+        "API file systems:\n{api}"
+    );
     let unit = vm.run_ok("systemctl is-active usr-local.mount var-log.mount oem.mount")?;
     ensure!(
         unit.lines().all(|l| l.trim() == "active"),
