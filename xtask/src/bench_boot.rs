@@ -54,7 +54,10 @@ use crate::initramfs;
 use crate::rootfs;
 use crate::util::{out_dir, run, workspace_root, Stamp};
 use anyhow::{bail, Context, Result};
-use immuboot_qemu_tests::timing::{boot_phases, getty_guest_phases, median, BootPhases, Handover};
+use immuboot_qemu_tests::timing::{
+    boot_phases, getty_guest_phases, median, BootPhases, Handover, DRACUT_HANDOVER,
+    STANDALONE_HANDOVER,
+};
 use immuboot_qemu_tests::{
     attach_read_only, qcow2_overlay, qemu_args, started_firmware_vars, DiskManifest, Machine, Vm,
     DEFAULT_CONFIG, ICOUNT_ENV,
@@ -69,17 +72,6 @@ use std::time::Duration;
 
 /// The kernel command line of the serial console the scenarios use.
 const CONSOLE: &str = "console=ttyS0,115200 printk.devkmsg=on panic=10";
-
-/// How the standalone init hands over: it execs systemd itself.
-const STANDALONE_HANDOVER: Handover = Handover {
-    line: "immuboot: switching root to",
-    execs_root_init: true,
-};
-/// How the service in dracut's initrd hands over: systemd switches root.
-const DRACUT_HANDOVER: Handover = Handover {
-    line: "immuboot: /sysroot is ready",
-    execs_root_init: false,
-};
 
 /// What a variant boots.
 enum Boot {

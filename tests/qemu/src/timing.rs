@@ -126,6 +126,18 @@ pub struct Handover<'a> {
     pub execs_root_init: bool,
 }
 
+/// How immuboot's standalone init hands over: it execs systemd itself.
+pub const STANDALONE_HANDOVER: Handover<'static> = Handover {
+    line: "immuboot: switching root to",
+    execs_root_init: true,
+};
+/// How immuboot's service in dracut's initrd hands over: systemd switches
+/// root.
+pub const DRACUT_HANDOVER: Handover<'static> = Handover {
+    line: "immuboot: /sysroot is ready",
+    execs_root_init: false,
+};
+
 /// The phases of the boot on `console`, with the init's own part when
 /// `handover` says how to find its end.
 pub fn boot_phases(console: &TimedConsole, handover: Option<Handover>) -> BootPhases {
@@ -207,10 +219,6 @@ pub fn median(values: &[f64]) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const STANDALONE: Handover = Handover {
-        line: "immuboot: switching root",
-        execs_root_init: true,
-    };
     const FLOOR: Handover = Handover {
         line: "bench-init: switching root",
         execs_root_init: true,
@@ -243,7 +251,7 @@ mod tests {
             ),
             (30.0, "immuboot login: "),
         ]);
-        let p = boot_phases(&c, Some(STANDALONE));
+        let p = boot_phases(&c, Some(STANDALONE_HANDOVER));
         assert_eq!(p.firmware_s, Some(4.0));
         assert_eq!(p.grub_check_s, Some(1.5));
         assert_eq!(p.grub_other_s, Some(3.5));
@@ -274,7 +282,7 @@ mod tests {
                 "[    5.000000] systemd[1]: systemd 252 running in system mode (+PAM)",
             ),
         ]);
-        let p = boot_phases(&c, Some(STANDALONE));
+        let p = boot_phases(&c, Some(STANDALONE_HANDOVER));
         assert!((p.init_own_s.unwrap() - 1.15).abs() < 1e-9, "{p:?}");
         assert_eq!(p.initramfs_s, Some(2.0));
     }
@@ -324,11 +332,7 @@ mod tests {
                 "[    7.000000] systemd[1]: systemd 252 running in system mode (+PAM)",
             ),
         ]);
-        let service = Handover {
-            line: "immuboot: /sysroot is ready",
-            execs_root_init: false,
-        };
-        assert_eq!(boot_phases(&c, Some(service)).init_own_s, Some(1.0));
+        assert_eq!(boot_phases(&c, Some(DRACUT_HANDOVER)).init_own_s, Some(1.0));
     }
 
     #[test]
