@@ -3,7 +3,6 @@
 
 #[macro_use]
 mod out;
-mod auto;
 mod boot;
 mod cmd;
 mod progress;
@@ -11,6 +10,7 @@ mod upgrade;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use immuboot_cli::auto;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -168,22 +168,6 @@ cOS/auto-upgrade.json on COS_STATE.")]
         #[arg(long)]
         json: bool,
     },
-    /// The systemd generator (also run as `immuboot-upgrade-generator`, a
-    /// link to this binary): enables immuboot-upgrade.timer with the
-    /// configured schedule.
-    #[command(hide = true)]
-    UpgradeGenerator {
-        /// systemd's normal generator directory (its early and late
-        /// directories are not used).
-        normal_dir: PathBuf,
-        #[arg(hide = true)]
-        other_dirs: Vec<PathBuf>,
-        #[arg(long, value_name = "FILE", default_value = auto::CONFIG)]
-        config: PathBuf,
-        /// Where the image installs immuboot-upgrade.timer.
-        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
-        unit_dir: PathBuf,
-    },
     /// Check slot a, slot b and the recovery image against the digests
     /// recorded when each was written; record a corrupted image that is not
     /// running (a slot is marked bad, the recovery image's failure shown by
@@ -296,27 +280,8 @@ impl WriteOptions {
     }
 }
 
-/// The name the image's systemd generator runs this binary under (a link
-/// in /usr/lib/systemd/system-generators): the same as `immuboot
-/// upgrade-generator`, without a shell script in between (a process less
-/// before systemd loads its units).
-const UPGRADE_GENERATOR_NAME: &str = "immuboot-upgrade-generator";
-
-/// The arguments as clap reads them: called by the generator's name, the
-/// `upgrade-generator` command comes first.
-fn arguments(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    let called_as = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .is_some_and(|name| name == UPGRADE_GENERATOR_NAME);
-    if called_as {
-        args.insert(1, "upgrade-generator".into());
-    }
-    args
-}
-
 fn main() {
-    let cli = Cli::parse_from(arguments(std::env::args_os().collect()));
+    let cli = Cli::parse();
     out::install_logger();
     if let Err(e) = run(cli) {
         errln!("immuboot: error: {e:#}");
@@ -386,12 +351,6 @@ fn run(cli: Cli) -> Result<()> {
                 json: *json,
             },
         ),
-        Command::UpgradeGenerator {
-            normal_dir,
-            config,
-            unit_dir,
-            ..
-        } => cmd::auto_upgrade::generate(config, normal_dir, unit_dir),
         Command::Verify { json, recovery_dir } => {
             if cmd::verify::run(&ctx, *json, recovery_dir.as_deref())? {
                 use std::io::Write as _;
@@ -416,48 +375,5 @@ fn run(cli: Cli) -> Result<()> {
             *reboot,
             opts,
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::OsString;
-
-    fn args(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn the_generators_name_runs_the_generator() {
-        let by_link = arguments(args(&[
-            "/usr/lib/systemd/system-generators/immuboot-upgrade-generator",
-            "/run/systemd/generator",
-            "/run/systemd/generator.early",
-            "/run/systemd/generator.late",
-        ]));
-        assert_eq!(by_link[1], "upgrade-generator");
-        let Command::UpgradeGenerator {
-            normal_dir,
-            other_dirs,
-            ..
-        } = Cli::parse_from(by_link).command
-        else {
-            panic!("not the generator");
-        };
-        assert_eq!(normal_dir, PathBuf::from("/run/systemd/generator"));
-        assert_eq!(other_dirs.len(), 2);
-        // Any other name (immuboot itself, a copy elsewhere) reads the
-        // command from the arguments.
-        for argv0 in [
-            "immuboot",
-            "/usr/bin/immuboot",
-            "immuboot-upgrade-generator.sh",
-        ] {
-            assert_eq!(
-                arguments(args(&[argv0, "status"])),
-                args(&[argv0, "status"])
-            );
-        }
     }
 }

@@ -924,26 +924,30 @@ fn the_generator_enables_the_timer_only_with_a_valid_config() {
     let sb = Sandbox::new("auto-gen", Some("a"));
     let config = sb.dir.join("upgrade.yaml");
     let gen = sb.dir.join("generated");
-    let run = || {
+    // As systemd runs it: its three directories.
+    let run = |extra: &[&str]| {
         let _ = std::fs::remove_dir_all(&gen);
         std::fs::create_dir_all(&gen).unwrap();
-        sb.ok(&[
-            "upgrade-generator",
-            gen.to_str().unwrap(),
-            "/early",
-            "/late",
-            "--config",
-            config.to_str().unwrap(),
-        ])
+        let out = Command::new(env!("CARGO_BIN_EXE_immuboot-upgrade-generator"))
+            .arg(&gen)
+            .args(["/early", "/late", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    run();
+    assert_eq!(run(&[]), (true, String::new()));
     assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
     std::fs::write(
         &config,
         "source: reg.example/os:stable\nschedule: \"*-*-* 03:00\"\n",
     )
     .unwrap();
-    run();
+    assert_eq!(run(&[]), (true, String::new()));
     let dropin =
         std::fs::read_to_string(gen.join("immuboot-upgrade.timer.d/50-schedule.conf")).unwrap();
     assert!(
@@ -954,27 +958,26 @@ fn the_generator_enables_the_timer_only_with_a_valid_config() {
         std::fs::read_link(gen.join("timers.target.wants/immuboot-upgrade.timer")).unwrap(),
         Path::new("/etc/systemd/system/immuboot-upgrade.timer")
     );
-    // The image runs it as a link named immuboot-upgrade-generator, given
-    // systemd's three directories: the same result.
-    let link = sb.dir.join("immuboot-upgrade-generator");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_immuboot"), &link).unwrap();
-    std::fs::remove_dir_all(&gen).unwrap();
-    std::fs::create_dir_all(&gen).unwrap();
-    let by_link = Command::new(&link)
-        .arg(&gen)
-        .args(["/early", "/late", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(by_link.status.success(), "{by_link:?}");
+    assert!(run(&["--unit-dir", "/usr/lib/systemd/system"]).0);
     assert_eq!(
-        std::fs::read_to_string(gen.join("immuboot-upgrade.timer.d/50-schedule.conf")).unwrap(),
-        dropin
+        std::fs::read_link(gen.join("timers.target.wants/immuboot-upgrade.timer")).unwrap(),
+        Path::new("/usr/lib/systemd/system/immuboot-upgrade.timer")
     );
+    // A broken configuration: reported, the timer stays off, and systemd's
+    // generators do not fail.
     std::fs::write(&config, "source: x\nreboot: later\n").unwrap();
-    let out = run();
-    assert!(out.contains("stay off") && out.contains("reboot"), "{out}");
+    let (ok, err) = run(&[]);
+    assert!(
+        ok && err.contains("stay off") && err.contains("reboot"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
+    // Arguments it cannot use are an error, with the usage.
+    let (ok, err) = run(&["--schedule"]);
+    assert!(
+        !ok && err.contains("unknown option --schedule") && err.contains("usage:"),
+        "{err}"
+    );
 }
 
 #[path = "../../oci/tests/common/signing.rs"]

@@ -169,6 +169,15 @@ fn compression() -> String {
 const DRACUT_MODULE: &str = "dracut-module/90immuboot";
 const DRACUT_CONF: &str = "dracut-module/dracut.conf.d/90-immuboot.conf";
 
+/// The image's systemd generator of unattended upgrades, a binary of the
+/// CLI's package.
+const UPGRADE_GENERATOR: &str = "immuboot-upgrade-generator";
+
+/// The generator's binary: cargo builds it beside the CLI.
+fn upgrade_generator(cli: &Path) -> PathBuf {
+    cli.with_file_name(UPGRADE_GENERATOR)
+}
+
 fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stamp> {
     let root = workspace_root();
     let stamp = Stamp::default()
@@ -177,6 +186,7 @@ fn image_inputs(cfg: Config, tar: &Path, init: &Path, cli: &Path) -> Result<Stam
         .text(&compression())
         .file(init)?
         .file(cli)?
+        .file(&upgrade_generator(cli))?
         .file(&root.join("image/layout.yaml"))?
         .file(&root.join("image/initramfs-modules"))?
         .file(&root.join("image/systemd/immuboot-mark-good.service"))?
@@ -876,12 +886,14 @@ fn stage(tar: &Path, root: &Path, cli: &Path) -> Result<String> {
     }
     let generators = root.join("usr/lib/systemd/system-generators");
     fs::create_dir_all(&generators)?;
-    // The CLI itself, told apart by its name (one process; a script
-    // exec'ing it was two). COS_OEM, where its configuration lives, is
-    // mounted before systemd starts.
-    let generator = generators.join("immuboot-upgrade-generator");
+    // A small program of its own, built beside the CLI: systemd waits for
+    // its generators before it starts a unit, and the CLI took 0.18 s of
+    // CPU there, mostly reading and starting its 6.9 MB. COS_OEM, where
+    // the configuration lives, is mounted before systemd starts.
+    let generator = generators.join(UPGRADE_GENERATOR);
     let _ = fs::remove_file(&generator);
-    symlink("/usr/bin/immuboot", &generator)?;
+    fs::copy(upgrade_generator(cli), &generator)?;
+    fs::set_permissions(&generator, fs::Permissions::from_mode(0o755))?;
     mark_updated(root)?;
     Ok(kver)
 }

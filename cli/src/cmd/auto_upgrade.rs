@@ -1,18 +1,18 @@
 //! `immuboot auto-upgrade`: one unattended run, as `immuboot-upgrade.timer`
 //! starts it: settle what the last run installed, compare the configured
 //! source with the slots, upgrade when there is something new that has not
-//! failed here before, reboot as configured. And `upgrade-generator`, which
-//! enables the timer with the configured schedule.
+//! failed here before, reboot as configured. (The timer is enabled by
+//! `immuboot-upgrade-generator`, `immuboot_cli::generator`.)
 
 use super::upgrade::now;
 use super::Ctx;
-use crate::auto::{self, AutoConfig, Reboot};
+use crate::auto::{self, Reboot};
 use crate::{progress, upgrade};
 use anyhow::{bail, Context, Result};
 use immuboot_mount::state::with_writable;
 use immuboot_mount::syscall::LinuxSyscall;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct Options {
     pub config: PathBuf,
@@ -204,35 +204,5 @@ pub fn run(ctx: &Ctx, opts: &Options) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// The systemd generator: with a valid configuration, enables
-/// `immuboot-upgrade.timer` with its schedule (a drop-in and a wants link
-/// in `dir`, the generator's normal directory). Without one, nothing: the
-/// timer stays off. A broken configuration is reported (the generator's
-/// output reaches the kernel log) and leaves the timer off.
-pub fn generate(config: &Path, dir: &Path, unit_dir: &Path) -> Result<()> {
-    let cfg: AutoConfig = match auto::read_config(config) {
-        Ok(Some(cfg)) => cfg,
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            errln!("immuboot-upgrade-generator: {e:#}; unattended upgrades stay off");
-            return Ok(());
-        }
-    };
-    let timer = "immuboot-upgrade.timer";
-    let dropin = dir.join(format!("{timer}.d"));
-    std::fs::create_dir_all(&dropin)
-        .with_context(|| format!("cannot create {}", dropin.display()))?;
-    std::fs::write(dropin.join("50-schedule.conf"), auto::timer_dropin(&cfg))
-        .with_context(|| format!("cannot write {}", dropin.display()))?;
-    let wants = dir.join("timers.target.wants");
-    std::fs::create_dir_all(&wants)
-        .with_context(|| format!("cannot create {}", wants.display()))?;
-    let link = wants.join(timer);
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(unit_dir.join(timer), &link)
-        .with_context(|| format!("cannot create {}", link.display()))?;
     Ok(())
 }
