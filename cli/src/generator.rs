@@ -32,6 +32,11 @@ FILE), it enables immuboot-upgrade.timer (installed in --unit-dir, default \
 /etc/systemd/system) with the configured schedule; without one, it does \
 nothing.";
 
+/// Whether the arguments ask for the usage (`-h`, `--help`).
+pub fn asks_for_help(args: &[OsString]) -> bool {
+    args.iter().any(|a| a == "-h" || a == "--help")
+}
+
 /// Reads the arguments after the program's name. Read by hand, not with
 /// clap: systemd waits for this program at every boot, and two options do
 /// not pay for a parser's size and start-up.
@@ -52,7 +57,6 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
                     unit_dir = value.into();
                 }
             }
-            Some("-h" | "--help") => bail!("{USAGE}"),
             Some(s) if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
             _ => dirs.push(PathBuf::from(arg)),
         }
@@ -128,6 +132,9 @@ mod tests {
         assert_eq!(one.normal_dir, PathBuf::from("/tmp/gen"));
         assert_eq!(one.config, PathBuf::from("/tmp/u.yaml"));
         assert_eq!(one.unit_dir, PathBuf::from("/u"));
+        let help: Vec<OsString> = ["/a", "--help"].iter().map(OsString::from).collect();
+        assert!(asks_for_help(&help));
+        assert!(!asks_for_help(&help[..1]));
         for bad in [
             &[][..],
             &["/a", "/b"],

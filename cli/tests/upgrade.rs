@@ -972,7 +972,14 @@ fn the_generator_enables_the_timer_only_with_a_valid_config() {
         "{err}"
     );
     assert_eq!(std::fs::read_dir(&gen).unwrap().count(), 0);
-    // Arguments it cannot use are an error, with the usage.
+    // --help prints the usage and succeeds; arguments it cannot use are an
+    // error, with the usage.
+    let help = Command::new(env!("CARGO_BIN_EXE_immuboot-upgrade-generator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: immuboot-upgrade-generator"));
     let (ok, err) = run(&["--schedule"]);
     assert!(
         !ok && err.contains("unknown option --schedule") && err.contains("usage:"),
