@@ -6,7 +6,7 @@
 use crate::auto::{self, AutoConfig};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The program's name, as systemd logs it.
 pub const NAME: &str = "immuboot-upgrade-generator";
@@ -99,7 +99,7 @@ pub fn generate(args: &Args) -> Result<()> {
         .with_context(|| format!("cannot create {}", wants.display()))?;
     let link = wants.join(timer);
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(Path::new(&args.unit_dir).join(timer), &link)
+    std::os::unix::fs::symlink(args.unit_dir.join(timer), &link)
         .with_context(|| format!("cannot create {}", link.display()))?;
     Ok(())
 }
