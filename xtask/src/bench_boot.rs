@@ -310,10 +310,7 @@ const PARTITION_WITH_MODULES: &str =
 /// The kernel modules the dracut module's init loads at every boot.
 fn module_always_loads() -> Result<Vec<String>> {
     let path = workspace_root().join("dracut-module/90immuboot/immuboot-modules");
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let list = immuboot_kmod::ModuleList::parse(&text)
-        .with_context(|| format!("in {}", path.display()))?;
+    let list = initramfs::module_list(&path)?;
     if list.always.is_empty() {
         bail!("{} has no [always] modules", path.display());
     }
@@ -351,6 +348,7 @@ fn prepare(suite: Suite, standalone: &Config, dracut: &Config) -> Result<Inputs>
 fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Variant> {
     let sa = standalone.out_dir();
     let plain_append = format!("root=/dev/vda rootfstype=ext4 rw {CONSOLE}");
+    let partition_append = format!("root=PARTLABEL=COS_STATE rootfstype=squashfs ro {CONSOLE}");
     // The demo disk's slot a, as GRUB's active entry names it (with what
     // GRUB adds at boot time: `grub_entry_params`).
     let slot_a_append = format!(
@@ -473,7 +471,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 image: inputs.image_in_state_partition.clone(),
                 kernel: inputs.kernel.clone(),
                 initrd: dracut.out_dir().join("dracut-plain.img"),
-                append: format!("root=PARTLABEL=COS_STATE rootfstype=squashfs ro {CONSOLE}"),
+                append: partition_append.clone(),
             },
             initramfs: dracut.out_dir().join("dracut-plain.img"),
             handover: None,
@@ -487,7 +485,7 @@ fn variants(standalone: &Config, dracut: &Config, inputs: &Inputs) -> Vec<Varian
                 kernel: inputs.kernel.clone(),
                 initrd: dracut.out_dir().join("dracut-plain.img"),
                 append: format!(
-                    "root=PARTLABEL=COS_STATE rootfstype=squashfs ro {CONSOLE} rd.modules_load={}",
+                    "{partition_append} rd.modules_load={}",
                     inputs.module_always_loads.join(",")
                 ),
             },
@@ -996,26 +994,25 @@ fn markdown(suite: Suite, all: &[Summary], first: &FirstBoots) -> String {
                 (Some(a), Some(b)) => format!("{:+.2} s", a - b),
                 _ => "-".into(),
             };
-            let size = (with.initramfs_bytes as f64 - without.initramfs_bytes as f64) / 1e6;
-            let _ = if baseline == PARTITION_WITH_MODULES {
-                writeln!(
-                    md,
-                    "\nWhat the module's own work adds, beyond loading the kernel modules its \
-                     layout needs ({} − {baseline}): initramfs phase {}, compressed size \
-                     {size:+.2} MB.",
-                    with.variant,
-                    added("initramfs_s"),
+            let (what, target) = if baseline == PARTITION_WITH_MODULES {
+                (
+                    "What the module's own work adds, beyond loading the kernel modules its \
+                     layout needs",
+                    "",
                 )
             } else {
-                writeln!(
-                    md,
-                    "\nWhat the immuboot module adds to the distribution's dracut initramfs \
-                     ({} − {baseline}): initramfs phase {}, \
-                     compressed size {size:+.2} MB (target: at most +0.5 s and +3 MB).",
-                    with.variant,
-                    added("initramfs_s"),
+                (
+                    "What the immuboot module adds to the distribution's dracut initramfs",
+                    " (target: at most +0.5 s and +3 MB)",
                 )
             };
+            let _ = writeln!(
+                md,
+                "\n{what} ({} − {baseline}): initramfs phase {}, compressed size {:+.2} MB{target}.",
+                with.variant,
+                added("initramfs_s"),
+                (with.initramfs_bytes as f64 - without.initramfs_bytes as f64) / 1e6
+            );
         }
     }
     let _ = writeln!(
